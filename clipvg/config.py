@@ -165,3 +165,152 @@ class Config:
     def run_dir(self) -> str:
         """``storage.root/storage.run_name``: the folder that holds this run's outputs."""
         return f"{self.storage.root.rstrip('/')}/{self.storage.run_name}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overriding, validating
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from the defaults) and apply dotted ``key=value`` overrides.
+
+    Values of overrides are parsed as YAML scalars/lists (``train.epochs=3``,
+    ``model.taps=[0,3,7,11]``, ``data.uri=null``).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    return from_dict(Config, raw)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, raw: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping, checking every key and type."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {_join(where, unknown[0])!r}; {where or 'config'} accepts: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, _join(where, k)) for k, v in raw.items()}
+    obj = cls(**kwargs)
+    _check_values(obj, where)
+    return obj
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp`` (allowing int -> float); return the value."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        non_null = [o for o in options if o is not type(None)]
+        if len(non_null) == 1:  # Optional[X]: X's own error is the most specific
+            return _coerce(non_null[0], value, key)
+        for option in non_null:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")  # a bug in this file, not user input
+
+
+def _type_name(tp: Any) -> str:
+    return " | ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
+
+
+# Value ranges that types alone cannot express: (section class, field) -> (check, message)
+_RULES: dict[tuple[type, str], tuple[Any, str]] = {
+    (SynthConfig, "min_objects"): (lambda v: v >= 1, "must be >= 1"),
+    (SynthConfig, "image_size"): (lambda v: v >= 32, "must be >= 32"),
+    (TrainConfig, "epochs"): (lambda v: v >= 1, "must be >= 1"),
+    (TrainConfig, "batch_size"): (lambda v: v >= 1, "must be >= 1"),
+    (TrainConfig, "eval_batch_size"): (lambda v: v >= 1, "must be >= 1"),
+    (TrainConfig, "lr"): (lambda v: v > 0, "must be > 0"),
+    (TrainConfig, "weight_decay"): (lambda v: v >= 0, "must be >= 0"),
+    (TrainConfig, "warmup_steps"): (lambda v: v >= 0, "must be >= 0"),
+    (FusionConfig, "layers"): (lambda v: v >= 1, "must be >= 1"),
+    (FusionConfig, "dropout"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    (ModelConfig, "image_size"): (lambda v: v >= 32, "must be >= 32"),
+    (ModelConfig, "context_length"): (lambda v: v >= 3, "must be >= 3"),
+    (ScalingConfig, "num_workers"): (lambda v: v >= 1, "must be >= 1"),
+    (ScalingConfig, "cpus_per_worker"): (lambda v: v > 0, "must be > 0"),
+    (CurriculumConfig, "h0"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    (CurriculumConfig, "thresholds"): (lambda v: bool(v) and all(0 <= h < 1 for h in v), "must be non-empty, each in [0, 1)"),
+}
+
+
+def _check_values(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        rule = _RULES.get((type(obj), f.name))
+        if rule and not rule[0](getattr(obj, f.name)):
+            raise ConfigError(f"{_join(where, f.name)}: {getattr(obj, f.name)!r} {rule[1]}")
+    if isinstance(obj, SynthConfig) and obj.max_objects < obj.min_objects:
+        raise ConfigError(f"{_join(where, 'max_objects')}: {obj.max_objects} < min_objects {obj.min_objects}")
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts (YAML/JSON ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (``.yaml``/``.yml``) or JSON next to an output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".yaml", ".yml"):
+        path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    else:
+        path.write_text(json.dumps(to_dict(cfg), indent=2))

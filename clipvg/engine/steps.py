@@ -1,0 +1,149 @@
+"""One training step and one evaluation pass, in plain PyTorch.
+
+Both work on *batches*: dicts with (B = batch size, S = canvas side)
+
+* ``image``       (B, 3, S, S) float32, normalised, padding = 0
+* ``pixel_mask``  (B, S, S) int, 1 = padding
+* ``tokens``      (B, 77) int64 CLIP BPE ids; ``token_mask`` (B, 77) int64, 1 = real token
+* ``target``      (B, 4) float32 (cx, cy, w, h) normalised by the padded canvas
+* ``sample_id``   list[str] of length B; optional ``expr_type`` list[str] for per-type accuracy
+
+They know nothing of Ray, DDP or where batches come from: the local loop
+(:mod:`clipvg.engine.local`) and the Ray Train workers (:mod:`clipvg.distributed`) feed them
+alike. The model is called as ``model(image, pixel_mask, tokens, token_mask) -> (B, 4)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from clipvg.engine.loss import box_losses
+from clipvg.engine.metrics import AccuracyMeter, eval_iou
+
+MODEL_INPUTS = ("image", "pixel_mask", "tokens", "token_mask")
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """Move the tensors of a batch to ``device`` (lists of ids stay where they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def forward(model: nn.Module, batch: dict) -> Tensor:
+    """``(B, 4)`` predicted boxes for a batch."""
+    return model(*(batch[k] for k in MODEL_INPUTS))
+
+
+def train_step(
+    model: nn.Module,
+    batch: dict,
+    optimizer: torch.optim.Optimizer,
+    clip_grad_norm: float = 0.0,
+) -> dict[str, float]:
+    """Forward, L1 + GIoU loss, backward, optimizer step. Returns the losses as floats.
+
+    Raises ``FloatingPointError`` on a non-finite loss (the official trainer aborts too), so a
+    diverged run stops loudly instead of writing NaN checkpoints.
+    """
+    model.train()
+    losses = box_losses(forward(model, batch), batch["target"])
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()} (samples {batch['sample_id'][:4]}...)")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm > 0:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    optimizer.step()
+    return {k: v.item() for k, v in losses.items()}
+
+
+@dataclass
+class EvalResult:
+    """Acc@0.5 over every evaluated sample, per expression type, and each sample's IoU."""
+
+    meter: AccuracyMeter
+    loss: float  # mean training loss (L1 + GIoU) over the samples
+    ious: dict[str, float] = field(default_factory=dict)  # sample_id -> evaluation IoU
+    seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.meter.accuracy
+
+    @property
+    def total(self) -> int:
+        return self.meter.total
+
+    def summary(self) -> dict:
+        return {"acc": self.accuracy, "total": self.total, "loss": self.loss,
+                "per_type": self.meter.group_accuracy(), "seconds": round(self.seconds, 2)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[dict], device: torch.device | str = "cpu") -> EvalResult:
+    """Official evaluation (prediction clamped to the canvas, IoU >= 0.5) over every batch.
+
+    Every sample is counted exactly once: a ``sample_id`` seen twice is an error, because a
+    duplicated or dropped row would silently bias the reported accuracy.
+    """
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    meter, ious, loss_sum = AccuracyMeter(), {}, 0.0
+    for batch in batches:
+        batch = to_device(batch, device)
+        pred = forward(model, batch)
+        iou = eval_iou(pred, batch["target"])
+        meter.add(iou, batch.get("expr_type"))
+        loss_sum += box_losses(pred, batch["target"])["loss"].item() * len(iou)
+        for sample_id, value in zip(batch["sample_id"], iou.tolist()):
+            if sample_id in ious:
+                raise ValueError(f"sample {sample_id!r} was evaluated twice")
+            ious[sample_id] = value
+    model.train(was_training)
+    loss = loss_sum / meter.total if meter.total else math.nan
+    return EvalResult(meter=meter, loss=loss, ious=ious, seconds=time.perf_counter() - start)
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over every trainable tensor in one group (what the official script ends up doing:
+    its per-backbone groups match no CLIP-VG parameter name), weight decay on all of them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (model.freeze=all with nothing else?)")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def lr_factor(step: int, epoch: int, epochs: int, steps_per_epoch: int, schedule: str, warmup_steps: int) -> float:
+    """Multiplier of the base learning rate at global ``step`` (in ``epoch``).
+
+    ``cosine_epoch`` is the official schedule: constant within an epoch,
+    ``0.5 (1 + cos(pi e / E))`` for epoch ``e``; ``cosine_step`` decays every step; an optional
+    linear warm-up over the first ``warmup_steps`` multiplies either.
+    """
+    if schedule == "cosine_epoch":
+        factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    elif schedule == "cosine_step":
+        factor = 0.5 * (1 + math.cos(math.pi * step / max(1, epochs * steps_per_epoch)))
+    elif schedule == "constant":
+        factor = 1.0
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    if warmup_steps > 0 and step < warmup_steps:
+        factor *= (step + 1) / warmup_steps
+    return factor
+
+
+def limited(batches: Iterable[dict], max_steps: int | None) -> Iterator[dict]:
+    """The first ``max_steps`` batches (all when None)."""
+    for i, batch in enumerate(batches):
+        if max_steps is not None and i >= max_steps:
+            return
+        yield batch
