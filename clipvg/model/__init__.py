@@ -15,7 +15,7 @@ _EXPORTS = {
     "count_parameters": "clipvg",
     "VLFusion": "fusion", "build_fusion": "fusion",
     "ConversionError": "convert", "UnsafeCheckpointError": "convert", "export_model": "convert",
-    "load_model": "convert", "load_untrusted_checkpoint": "convert", "save_model": "convert",
+    "load_model": "convert", "load_untrusted_checkpoint": "convert",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -275,7 +275,6 @@ def export_model(model: CLIPVG, cfg: ModelConfig, folder: str | Path) -> Path:
     return folder
 
 
-save_model = export_model  # the name the training engine uses
 
 
 def load_model(folder: str | Path) -> CLIPVG:

@@ -1,7 +1,5 @@
 """Loss and metrics: the official fixture's numbers to 1e-6, plus hand-computed cases."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -9,13 +7,9 @@ from clipvg.engine.loss import box_losses
 from clipvg.engine.metrics import AccuracyMeter, correct_at, eval_iou
 from clipvg.ops.boxes import cxcywh_to_xyxy, generalized_box_iou
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "clipvg_official" / "tiny" / "cases.pt"
-
-
 @pytest.fixture(scope="module")
-def cases():
-    assert FIXTURE.exists(), f"official fixture missing: {FIXTURE}"
-    return torch.load(FIXTURE, map_location="cpu", weights_only=True)
+def cases(official_cases):
+    return official_cases
 
 
 def test_losses_match_official(cases):

@@ -1,0 +1,291 @@
+"""(image, box, text) -> model tensors: eval letterbox (§1.6) and train augmentation (§1.5).
+
+Conventions
+-----------
+* Input box: ``(x0, y0, x1, y1)`` float pixels of the *original* image (continuous coordinates:
+  pixel column c spans [c, c+1)). A box reaching outside the image is clamped to it; a box with
+  x1 < x0 or y1 < y0, or a non-finite value, is a ValueError.
+* Output: a :class:`GroundingSample` on an S x S canvas (S = ``size``, default 224):
+  ``image`` (3,S,S) float32, normalised, padding exactly 0 *after* normalisation (so padding reads
+  as the mean colour); ``pixel_mask`` (S,S) int32 with 1 = padding; ``box`` (4,) float32
+  ``(cx, cy, w, h) / S`` relative to the padded canvas (not the image).
+* Geometry: every step is a uniform scale plus a shift, so ``canvas_xy = image_xy * scale + offset``
+  with ``offset = (left, top)`` in canvas pixels (for a crop, the crop origin is folded into
+  ``offset``). :func:`canvas_to_image_box` inverts it. The *box* uses the exact ratio while the
+  resized image size is rounded to integers, so box and image edges may differ by < 0.5 px, as in
+  the official code.
+* Randomness (train) comes only from the ``random.Random`` passed in, so a seed reproduces a sample.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image, ImageEnhance, ImageFilter
+
+from clipvg.config import AugmentConfig
+
+NORM_STATS = {
+    # Official CLIP-VG normalises with ImageNet statistics, not CLIP's (§1.5 step 5).
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "clip": (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)),
+}
+SPATIAL_WORDS = ("left", "right", "top", "bottom", "middle")
+SHORT_SIDES = (400, 500, 600)  # resize-short-side choices before the random crop
+# Crop sizes act on the 400-600 px intermediate image, which is independent of the canvas size,
+# so they stay fixed for every S.
+CROP_MIN, CROP_MAX, CROP_ATTEMPTS = 384, 600, 20
+JITTER_P, JITTER_RANGE = 0.8, (0.6, 1.4)
+BLUR_P, BLUR_RADIUS = 0.5, (0.1, 2.0)
+
+
+@dataclass(frozen=True)
+class GroundingSample:
+    """One preprocessed sample.
+
+    image: (3,S,S) float32, normalised; padding = 0.
+    pixel_mask: (S,S) int32, 1 = padding, 0 = image pixel.
+    box: (4,) float32, (cx, cy, w, h) / S on the padded canvas.
+    text: the input text, unchanged (no flip, so no left/right swap).
+    scale: canvas pixels per original-image pixel.
+    offset: (left, top) such that canvas_xy = original_xy * scale + offset (canvas pixels).
+    placed_hw: (h, w) of the image pixels on the canvas.
+    """
+
+    image: torch.Tensor
+    pixel_mask: torch.Tensor
+    box: torch.Tensor
+    text: str
+    scale: float
+    offset: tuple[float, float]
+    placed_hw: tuple[int, int]
+
+
+def train_scales(size: int = 224) -> list[int]:
+    """Long-side choices of the scale augmentation: [224, 192, ..., 32] for S = 224.
+
+    For another canvas size S this generalises to round(S * (224 - 32 i) / 224), i = 0..6
+    (same fractions of the canvas; our choice, the official code only knows 224).
+    """
+    return [max(1, round(size * (224 - 32 * i) / 224)) for i in range(7)]
+
+
+def has_spatial_word(text: str) -> bool:
+    """Plain substring test, as official: "bright" and "topping" count too."""
+    low = text.lower()
+    return any(w in low for w in SPATIAL_WORDS)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers on (PIL image, float64 xyxy box)
+# --------------------------------------------------------------------------------------------
+
+
+def _as_rgb(image) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _check_box(box_xyxy, width: int, height: int) -> np.ndarray:
+    """Validate a pixel box and clamp it to the image [0,W] x [0,H]. Returns float64 (4,)."""
+    box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
+    if box.shape != (4,) or not np.all(np.isfinite(box)):
+        raise ValueError(f"box must be 4 finite numbers (x0,y0,x1,y1), got {box_xyxy!r}")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ValueError(f"box must have x1 >= x0 and y1 >= y0, got {box_xyxy!r}")
+    return np.clip(box, 0.0, [width, height, width, height])
+
+
+def _resize(img: Image.Image, box: np.ndarray, ratio: float):
+    """Aspect-kept bilinear resize by ``ratio``; returns (image, box * ratio, ratio).
+
+    The box gets the exact ratio while the image size is rounded, as in the official code.
+    """
+    w, h = img.size
+    # Python round as official; >= 1 so extreme aspect ratios do not produce a 0-px side.
+    new = (max(1, round(w * ratio)), max(1, round(h * ratio)))
+    if new != (w, h):
+        img = img.resize(new, Image.BILINEAR)
+    return img, box * ratio, ratio
+
+
+def _resize_long(img, box, side: int):
+    return _resize(img, box, side / max(img.size))
+
+
+def _resize_short(img, box, side: int):
+    return _resize(img, box, side / min(img.size))
+
+
+def _random_crop(img: Image.Image, box: np.ndarray, rng: random.Random):
+    """Random size crop (§1.5): up to 20 attempts; returns (img, box, (left, top) or None).
+
+    The acceptance test compares the box centre-x with the crop's *top* and centre-y with its
+    *left*: an x/y mix-up inherited from TransVG that we keep for fidelity.
+    """
+    width, height = img.size
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    for _ in range(CROP_ATTEMPTS):
+        # Sides are >= 400 here (short side resized to 400-600); min(CROP_MIN, .) only keeps the
+        # range valid for smaller images.
+        cw = rng.randint(min(CROP_MIN, width), min(width, CROP_MAX))
+        ch = rng.randint(min(CROP_MIN, height), min(height, CROP_MAX))
+        top, left = rng.randint(0, height - ch), rng.randint(0, width - cw)
+        if cx > top and cy > left:
+            img = img.crop((left, top, left + cw, top + ch))
+            shifted = box - np.array([left, top, left, top], dtype=np.float64)
+            return img, np.clip(shifted, 0.0, [cw, ch, cw, ch]), (left, top)
+    return img, box, None
+
+
+def _color_jitter(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Brightness, contrast, saturation in random order, factors ~ U(0.6, 1.4) (p: caller)."""
+    ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
+    rng.shuffle(ops)
+    for op in ops:
+        img = op(img).enhance(rng.uniform(*JITTER_RANGE))
+    return img
+
+
+def _to_normalized_array(img: Image.Image, normalize: str) -> np.ndarray:
+    """uint8 HWC -> (3,h,w) float32 in [0,1] -> (x - mean) / std.
+
+    numpy, not torch: these small element-wise ops would otherwise go through torch's intra-op
+    thread pool, which is pure overhead per sample (and very slow on an oversubscribed CPU).
+    """
+    if normalize not in NORM_STATS:
+        raise ValueError(f"normalize must be one of {sorted(NORM_STATS)}, got {normalize!r}")
+    mean, std = NORM_STATS[normalize]
+    x = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    return (x - mean) / np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+
+
+def _letterbox(
+    chw: np.ndarray, box: np.ndarray, size: int, top: int, left: int, text: str,
+    scale: float, shift: tuple[float, float],
+) -> GroundingSample:
+    """Place (3,h,w) on a zero (3,S,S) canvas at (top, left) and encode the box for the canvas.
+
+    ``box``/``scale``/``shift`` describe the current image: current_xy = original_xy*scale + shift.
+    """
+    _, h, w = chw.shape
+    if not (0 <= top <= size - h and 0 <= left <= size - w):
+        raise RuntimeError(f"image {h}x{w} at ({top},{left}) does not fit canvas {size}")
+    image = np.zeros((3, size, size), dtype=np.float32)
+    image[:, top : top + h, left : left + w] = chw
+    mask = np.ones((size, size), dtype=np.int32)
+    mask[top : top + h, left : left + w] = 0
+    x0, y0, x1, y1 = box + np.array([left, top, left, top], dtype=np.float64)
+    target = np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=np.float64) / size
+    return GroundingSample(
+        image=torch.from_numpy(image),
+        pixel_mask=torch.from_numpy(mask),
+        box=torch.from_numpy(target.astype(np.float32)),
+        text=text,
+        scale=float(scale),
+        offset=(float(shift[0] + left), float(shift[1] + top)),
+        placed_hw=(h, w),
+    )
+
+
+def _centred(size: int, extent: int) -> int:
+    # Official centring: round(diff/2 - 0.1), i.e. odd leftovers put the extra pixel after.
+    return round((size - extent) / 2 - 0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# Public transforms
+# --------------------------------------------------------------------------------------------
+
+
+def eval_transform(
+    image: Image.Image,
+    box_xyxy,
+    text: str,
+    size: int = 224,
+    normalize: Literal["imagenet", "clip"] = "imagenet",
+) -> GroundingSample:
+    """Evaluation preprocessing (§1.6): long side to S, normalise, centred zero padding."""
+    img = _as_rgb(image)
+    box = _check_box(box_xyxy, *img.size)
+    img, box, ratio = _resize_long(img, box, size)
+    chw = _to_normalized_array(img, normalize)
+    _, h, w = chw.shape
+    return _letterbox(chw, box, size, _centred(size, h), _centred(size, w), text, ratio, (0.0, 0.0))
+
+
+def train_transform(
+    image: Image.Image,
+    box_xyxy,
+    text: str,
+    rng: random.Random,
+    cfg: AugmentConfig | None = None,
+    size: int = 224,
+) -> GroundingSample:
+    """Official training augmentation (§1.5), in order; every switch of ``cfg`` is honoured.
+
+    1. random select: resize long side to a scale, or (p=0.5, ``cfg.crop``, never when the text
+       holds a spatial word) resize short side to {400,500,600} -> random size crop -> resize long
+       side to a scale; scales = :func:`train_scales` if ``cfg.scale`` else [S];
+    2. colour jitter (p=0.8, ``cfg.color``); 3. Gaussian blur (p=0.5, ``cfg.blur``); no flip;
+    4. normalise (``cfg.normalize``); 5. pad to S at a random place (``cfg.translate``) or centred.
+    """
+    cfg = cfg if cfg is not None else AugmentConfig()
+    img = _as_rgb(image)
+    box = _check_box(box_xyxy, *img.size)
+    scales = train_scales(size) if cfg.scale else [size]
+    scale, shift = 1.0, np.zeros(2)  # current_xy = original_xy * scale + shift
+
+    # Cropping could cut away what "left"/"right"/... refers to, hence the spatial-word guard.
+    if cfg.crop and not has_spatial_word(text) and rng.random() < 0.5:
+        img, box, r = _resize_short(img, box, rng.choice(SHORT_SIDES))
+        scale, shift = scale * r, shift * r
+        img, box, origin = _random_crop(img, box, rng)
+        if origin is not None:
+            shift = shift - np.asarray(origin, dtype=np.float64)
+    img, box, r = _resize_long(img, box, rng.choice(scales))
+    scale, shift = scale * r, shift * r
+
+    if cfg.color and rng.random() < JITTER_P:
+        img = _color_jitter(img, rng)
+    if cfg.blur and rng.random() < BLUR_P:
+        img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*BLUR_RADIUS)))
+
+    chw = _to_normalized_array(img, cfg.normalize)
+    _, h, w = chw.shape
+    if cfg.translate:
+        top, left = rng.randint(0, size - h), rng.randint(0, size - w)
+    else:
+        top, left = _centred(size, h), _centred(size, w)
+    return _letterbox(chw, box, size, top, left, text, scale, (shift[0], shift[1]))
+
+
+def canvas_to_image_box(
+    box_cxcywh_norm, scale: float, offset, canvas_size: int = 224
+) -> torch.Tensor:
+    """Map canvas boxes back to original-image pixels (inverse of the letterbox geometry).
+
+    Args:
+        box_cxcywh_norm: (..., 4) (cx, cy, w, h) / S on the canvas (a model output or target).
+        scale, offset: ``GroundingSample.scale`` and ``.offset`` (left, top); scalars, or tensors
+            of shape (...,) / (..., 2) for a batch.
+        canvas_size: S.
+    Returns:
+        (..., 4) float64 tensor (x0, y0, x1, y1) in original-image pixels (not clamped).
+    """
+    b = torch.as_tensor(box_cxcywh_norm).to(torch.float64) * canvas_size
+    scale = torch.as_tensor(scale, dtype=torch.float64).unsqueeze(-1)
+    off = torch.as_tensor(offset, dtype=torch.float64)
+    half = b[..., 2:] / 2
+    x0y0 = (b[..., :2] - half - off) / scale
+    x1y1 = (b[..., :2] + half - off) / scale
+    return torch.cat([x0y0, x1y1], dim=-1)
