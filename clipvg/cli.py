@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         sp = argparse.ArgumentParser(prog=f"clipvg {argv[0]}", description=COMMANDS[argv[0]][1])
         module.add_arguments(sp)
         args = sp.parse_args(argv[1:])
-        return int(module.run(args) or 0)
+        from clipvg.config import ConfigError
+
+        try:
+            return int(module.run(args) or 0)
+        except ConfigError as err:  # bad config / override: one line, no traceback
+            print(f"clipvg {argv[0]}: config error: {err}", file=sys.stderr)
+            return 2
     parser.parse_args(argv)  # prints help / usage errors
     return 2
 

@@ -260,6 +260,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML follows YAML 1.1, where "1e-3" (no dot) is a string, not a float
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")

@@ -30,6 +30,7 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_int_is_accepted_for_float_but_not_bool_for_int():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3  # YAML 1.1 reads this as a string
     with pytest.raises(ConfigError, match="train.epochs"):
         load_config(None, ["train.epochs=true"])
 

@@ -66,7 +66,7 @@ def train_local(cfg: Config, progress: bool = True) -> TrainHistory:
     for epoch in range(cfg.train.epochs):
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(limited(train_loader, cfg.train.max_steps_per_epoch), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
+                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True, leave=False)
         for batch in bar:
             factor = lr_factor(step, epoch, cfg.train.epochs, steps_per_epoch, cfg.train.schedule, cfg.train.warmup_steps)
             for group in optimizer.param_groups:

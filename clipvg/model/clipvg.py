@@ -131,7 +131,9 @@ def build_model(cfg: ModelConfig) -> CLIPVG:
     d_model = cfg.fusion.d_model or backbone.embed_dim
     seq_len = 1 + backbone.context_length + backbone.num_visual_tokens
     fusion = build_fusion(cfg.fusion, d_model, seq_len)
-    return CLIPVG(backbone, fusion, cfg.patch_mask)
+    model = CLIPVG(backbone, fusion, cfg.patch_mask)
+    model.config = cfg  # what load_model/export_model and predict need to rebuild or preprocess
+    return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from clipvg.config import FusionConfig, ModelConfig
+from clipvg.config import ConfigError, FusionConfig, ModelConfig, from_dict
 
 if TYPE_CHECKING:
     from clipvg.model.clipvg import CLIPVG
@@ -247,16 +247,10 @@ def model_config_from_args(args: argparse.Namespace | None, arch: str | None = N
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """Inverse of ``dataclasses.asdict`` for :class:`ModelConfig` (unknown keys are errors)."""
-    d = dict(d)
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(d) - names
-    if unknown:
-        raise ConversionError(f"unknown model config keys {sorted(unknown)}")
+    """Inverse of ``dataclasses.asdict`` for :class:`ModelConfig`, validated like any config."""
     try:
-        fusion = FusionConfig(**d.pop("fusion", {}))
-        return ModelConfig(**d, fusion=fusion)
-    except TypeError as e:
+        return from_dict(ModelConfig, d, "model")
+    except ConfigError as e:
         raise ConversionError(f"invalid model config: {e}") from None
 
 
@@ -269,8 +263,9 @@ def export_model(model: CLIPVG, cfg: ModelConfig, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    cfg = dataclasses.replace(cfg, pretrained=None, weights=None)  # weights live in the folder
-    text = json.dumps(dataclasses.asdict(cfg), indent=2)
+    from clipvg.model.clipvg import offline_config
+
+    text = json.dumps(dataclasses.asdict(offline_config(cfg)), indent=2)  # weights live in the folder
     (folder / CONFIG_FILE).write_text(text + "\n")
     return folder
 

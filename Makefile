@@ -1,0 +1,29 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both create .venv when it is
+# missing and (re)install the package when pyproject.toml changed, so a clean clone needs nothing
+# installed by hand. uv is installed *inside* the venv and only used to resolve faster than pip.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.clipvg-installed
+# Extra arguments for the demo, e.g. `make demo ARGS="data.seed=7 storage.root=/tmp/run"`
+ARGS   ?=
+
+.PHONY: setup test demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[test]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/clipvg demo --config configs/demo.yaml $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

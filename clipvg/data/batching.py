@@ -1,0 +1,102 @@
+"""Samples -> model batches for the local (single-process) engine.
+
+The transforms produce one :class:`~clipvg.data.transforms.GroundingSample` per row; ``collate``
+stacks them and tokenizes the texts in one call, giving the batch dict documented in
+:mod:`clipvg.engine.steps`. Training batches drop the last partial batch and evaluation keeps it
+(official ``drop_last`` policy, method doc §1.7).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from functools import partial
+
+import torch
+from torch.utils.data import DataLoader
+
+from clipvg.config import Config, DataConfig
+from clipvg.data.text import prepare_text, tokenize
+from clipvg.data.transforms import eval_transform, train_transform
+
+log = logging.getLogger("clipvg.data")
+
+
+class SampleTransform:
+    """The per-sample transform of a split: training augmentation or eval preprocessing.
+
+    Training randomness comes from one ``random.Random`` seeded by ``seed``, so a run is
+    reproducible with ``loader_workers=0`` (with workers each one gets its own stream).
+    """
+
+    def __init__(self, data: DataConfig, size: int, train: bool, seed: int = 0):
+        self.data, self.size, self.train = data, size, train
+        self.rng = random.Random(seed)
+
+    def __call__(self, image, box, text):
+        text = prepare_text(text, self.data.prompt_template)
+        if self.data.box_int_truncation:  # the official loader truncates raw boxes (§1.3)
+            box = [float(int(v)) for v in box]
+        if self.train:
+            return train_transform(image, box, text, self.rng, self.data.augment, size=self.size)
+        return eval_transform(image, box, text, size=self.size, normalize=self.data.augment.normalize)
+
+
+def collate(items: list[tuple], context_length: int = 77, overflow: str = "truncate",
+            expr_types: dict[str, str | None] | None = None) -> dict:
+    """Stack ``(GroundingSample, sample_id)`` items into a batch; tokenize all texts at once.
+
+    ``expr_types`` maps sample ids to their expression type (for per-type accuracy).
+    """
+    samples = [sample for sample, _ in items]
+    ids = [sample_id for _, sample_id in items]
+    expr_types = expr_types or {}
+    tok = tokenize([s.text for s in samples], context_length=context_length, overflow=overflow)
+    if tok.truncated:
+        log.debug("%d expression(s) truncated to %d tokens", tok.truncated, context_length)
+    return {
+        "image": torch.stack([s.image for s in samples]),
+        "pixel_mask": torch.stack([s.pixel_mask for s in samples]),
+        "tokens": tok.tokens,
+        "token_mask": tok.token_mask,
+        "target": torch.stack([s.box for s in samples]),
+        "sample_id": ids,
+        "expr_type": [expr_types.get(i) or "unknown" for i in ids],
+        "truncated": tok.truncated,
+    }
+
+
+def build_loader(cfg: Config, uri: str, split: str, train: bool) -> DataLoader:
+    """A torch DataLoader over ``split`` of the dataset at ``uri``."""
+    from clipvg.data.dataset import GroundingDataset
+
+    transform = SampleTransform(cfg.data, cfg.model.image_size, train, seed=cfg.train.seed)
+    dataset = GroundingDataset(uri, split, transform)
+    if len(dataset) == 0:
+        raise ValueError(f"split {split!r} of {uri} has no samples")
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) >= cfg.train.batch_size,
+        num_workers=cfg.data.loader_workers,
+        collate_fn=partial(collate, context_length=cfg.model.context_length, overflow=cfg.data.text_overflow,
+                           expr_types={r.sample_id: r.expr_type for r in dataset.records}),
+        generator=generator,
+    )
+
+
+def ensure_dataset(cfg: Config) -> str:
+    """The dataset URI of ``cfg``: ``data.uri``, or the synthetic world, generated on first use
+    under ``<storage.root>/worlds/seed<seed>-<size>px`` (shared by every run with that world)."""
+    if cfg.data.uri is not None:
+        return cfg.data.uri
+    from clipvg.data.synthetic import write_world
+
+    s = cfg.data.synth
+    uri = (f"{cfg.storage.root.rstrip('/')}/worlds/seed{cfg.data.seed}-{s.image_size}px-"
+           f"{s.train_images}-{s.val_images}-{s.test_images}-obj{s.min_objects}to{s.max_objects}")
+    # write_world returns at once when an identical world (same manifest) is already there
+    write_world(uri, s, seed=cfg.data.seed)
+    return uri
