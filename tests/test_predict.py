@@ -65,5 +65,5 @@ def make_tiny_model_folder():
                                                    "head_width": 16},
                   "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}},
             image_size=64, taps=[0, 1])
-        return export_model(build_model(cfg), cfg, tmp_path / "model")
+        return export_model(build_model(cfg), tmp_path / "model")
     return make

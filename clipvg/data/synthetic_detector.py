@@ -10,11 +10,11 @@ missing colours, missed objects and false positives.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from clipvg.data.synthetic_text import HUE_RING, SHAPES
+from clipvg.data.synthetic_text import HUE_RING, SHAPES, ObjectLike
 
 # Error rates, per ground-truth object unless said otherwise.
 MISS_RATE = 0.08  # object not detected
@@ -31,13 +31,6 @@ CONFUSABLE = {
     "cross": ("star", "square"),
     "diamond": ("square", "triangle"),
 }
-
-
-class _Object(Protocol):
-    index: int
-    shape: str
-    color: str
-    box: tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -74,7 +67,7 @@ def _detector_color(rng, color: str) -> str | None:
 
 
 def simulate_detections(
-    objects: Sequence[_Object], size: int, rng: np.random.Generator
+    objects: Sequence[ObjectLike], size: int, rng: np.random.Generator
 ) -> list[Detection]:
     """Noisy detections of ``objects`` plus false positives, sorted by descending score."""
     dets = []

@@ -86,6 +86,9 @@ ATTRS = ("size", "color", "shape")
 
 
 class ObjectLike(Protocol):
+    """What expressions and the detector need of a scene object (``synthetic.SynthObject``)."""
+
+    index: int
     shape: str
     color: str
     size: str

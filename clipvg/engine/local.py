@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from clipvg.config import Config, load_config, save_config
 from clipvg.data.batching import build_loader, ensure_dataset
-from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, to_device, train_step
+from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, train_step
 from clipvg.model import build_model, count_parameters, export_model
 
 log = logging.getLogger("clipvg.train")
@@ -71,7 +71,7 @@ def train_local(cfg: Config, progress: bool = True) -> TrainHistory:
             factor = lr_factor(step, epoch, cfg.train.epochs, steps_per_epoch, cfg.train.schedule, cfg.train.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.train.lr * factor
-            losses = train_step(model, to_device(batch, "cpu"), optimizer, cfg.train.clip_grad_norm)
+            losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm)
             n = len(batch["sample_id"])
             seen, loss_sum, step = seen + n, loss_sum + losses["loss"] * n, step + 1
             rate = seen / (time.perf_counter() - t0)
@@ -85,10 +85,10 @@ def train_local(cfg: Config, progress: bool = True) -> TrainHistory:
                   "val": result.summary(), "elapsed_s": time.perf_counter() - t0}
         history.epochs.append(record)
         _write(metrics_file, record)
-        export_model(model, cfg.model, run_dir / "last")
+        export_model(model, run_dir / "last")
         if result.accuracy > history.best_acc:  # strictly better, as the official trainer
             history.best_acc, history.best_epoch = result.accuracy, epoch + 1
-            export_model(model, cfg.model, run_dir / "best")
+            export_model(model, run_dir / "best")
         log.info("epoch %d: train loss %.4f, val Acc@0.5 %.4f %s", epoch + 1, record["train_loss"],
                  result.accuracy, _fmt_types(result.meter.group_accuracy()))
     metrics_file.close()

@@ -12,20 +12,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from clipvg.ops.boxes import box_area, cxcywh_to_xyxy
+from clipvg.ops.boxes import box_inter_union, cxcywh_to_xyxy
 
 ACC_IOU_THRESHOLD = 0.5
 
 
 def eval_iou(pred: Tensor, target: Tensor) -> Tensor:
     """Official evaluation IoU of ``(N, 4)`` cxcywh predictions and targets -> ``(N,)``."""
-    p = cxcywh_to_xyxy(pred).clamp(0, 1)
-    t = cxcywh_to_xyxy(target)
-    lt = torch.maximum(p[:, :2], t[:, :2])
-    rb = torch.minimum(p[:, 2:], t[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    return inter / (box_area(p) + box_area(t) - inter + 1e-16)
+    inter, union = box_inter_union(cxcywh_to_xyxy(pred).clamp(0, 1), cxcywh_to_xyxy(target))
+    return inter / (union + 1e-16)
 
 
 def correct_at(iou: Tensor, threshold: float = ACC_IOU_THRESHOLD) -> Tensor:

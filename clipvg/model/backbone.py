@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from clipvg.config import ModelConfig
+from clipvg.model.state_dict import short_list, strip_module_prefix
 
 # CLIP state_dict entries that CLIP-VG never uses; a weights file may carry them (ignored).
 _DEAD_KEYS = ("logit_scale", "logit_bias", "visual.ln_post.weight", "visual.ln_post.bias",
@@ -249,16 +250,9 @@ class CLIPBackbone(nn.Module):
         if missing or unexpected or wrong:
             raise WeightsLoadError(
                 f"CLIP weights file {path} does not fit the towers of this model: "
-                f"missing keys {_short(missing)}, unexpected keys {_short(unexpected)}, "
-                f"shape mismatches {_short(wrong)}. Check model.arch and model.image_size.")
+                f"missing keys {short_list(missing)}, unexpected keys {short_list(unexpected)}, "
+                f"shape mismatches {short_list(wrong)}. Check model.arch and model.image_size.")
         self.load_state_dict(state, strict=True)
-
-
-def _short(items: list[str], n: int = 8) -> str:
-    if not items:
-        return "[]"
-    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
-    return "[" + ", ".join(items[:n]) + more + "]"
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -281,9 +275,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsLoadError(f"CLIP weights file {path} does not hold a {{name: tensor}} dict")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return strip_module_prefix(state)
 
 
 def build_backbone(cfg: ModelConfig) -> CLIPBackbone:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from clipvg.config import ConfigError, FusionConfig, ModelConfig, from_dict
+from clipvg.model.state_dict import short_list, strip_module_prefix
 
 if TYPE_CHECKING:
     from clipvg.model.clipvg import CLIPVG
@@ -98,9 +99,7 @@ def load_untrusted_checkpoint(path: str | Path) -> OfficialCheckpoint:
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise ConversionError(f"{path} holds neither a state_dict nor a dict with a 'model' "
                               f"state_dict")
-    if all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return OfficialCheckpoint(state, args, extra)
+    return OfficialCheckpoint(strip_module_prefix(state), args, extra)
 
 
 def _first_line(e: Exception) -> str:
@@ -159,8 +158,8 @@ def convert_official_state_dict(official: dict[str, Tensor], model: CLIPVG) -> d
     if unknown or missing or wrong:
         raise ConversionError(
             "the official state_dict does not fit the model built from the config: "
-            f"unknown keys {_short(sorted(unknown))}, model parameters not filled "
-            f"{_short(missing)}, shape mismatches {_short(wrong)}. Check the architecture "
+            f"unknown keys {short_list(sorted(unknown))}, model parameters not filled "
+            f"{short_list(missing)}, shape mismatches {short_list(wrong)}. Check the architecture "
             "(--official-config / --arch).")
     return mapped
 
@@ -169,13 +168,6 @@ def load_official(model: CLIPVG, official: dict[str, Tensor]) -> CLIPVG:
     """Convert ``official`` and load it strictly into ``model`` (every parameter filled)."""
     model.load_state_dict(convert_official_state_dict(official, model), strict=True)
     return model
-
-
-def _short(items: list[str], n: int = 6) -> str:
-    if not items:
-        return "[]"
-    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
-    return "[" + ", ".join(items[:n]) + more + "]"
 
 
 # ------------------------------------------------------------------------------ configs
@@ -255,21 +247,20 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
 
 
 # ------------------------------------------------------------------------------ export
-def export_model(model: CLIPVG, cfg: ModelConfig, folder: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``model_config.json`` (weight sources cleared) to folder."""
+def export_model(model: CLIPVG, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``model.config`` as ``model_config.json`` (weight
+    sources cleared: the weights now live in the folder)."""
     from safetensors.torch import save_file
+
+    from clipvg.model.clipvg import offline_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    from clipvg.model.clipvg import offline_config
-
-    text = json.dumps(dataclasses.asdict(offline_config(cfg)), indent=2)  # weights live in the folder
+    text = json.dumps(dataclasses.asdict(offline_config(model.config)), indent=2)
     (folder / CONFIG_FILE).write_text(text + "\n")
     return folder
-
-
 
 
 def load_model(folder: str | Path) -> CLIPVG:
@@ -313,5 +304,5 @@ def convert_official(src: str | Path, out: str | Path, official_config: str | Pa
     except (ValueError, RuntimeError) as e:
         raise ConversionError(f"cannot build the model: {_first_line(e)}") from None
     load_official(model, ckpt.state_dict)
-    export_model(model, cfg, out)
+    export_model(model, out)
     return model, cfg

@@ -47,7 +47,7 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
-def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+def box_inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Intersection and union of broadcastable xyxy boxes ``a`` and ``b``."""
     lt = torch.maximum(a[..., :2], b[..., :2])
     rb = torch.minimum(a[..., 2:], b[..., 2:])
@@ -65,7 +65,7 @@ def _enclosing_area(a: Tensor, b: Tensor) -> Tensor:
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
     """Pairwise IoU of xyxy boxes: ``a`` (N, 4), ``b`` (M, 4) -> (N, M)."""
-    inter, union = _inter_union(a[:, None, :], b[None, :, :])
+    inter, union = box_inter_union(a[:, None, :], b[None, :, :])
     return inter / union
 
 
@@ -80,7 +80,7 @@ def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 def elementwise_box_iou(a: Tensor, b: Tensor) -> Tensor:
     """IoU of box ``i`` of ``a`` with box ``i`` of ``b``: (N, 4), (N, 4) -> (N,)."""
-    inter, union = _inter_union(a, b)
+    inter, union = box_inter_union(a, b)
     return inter / union
 
 
@@ -90,6 +90,6 @@ def elementwise_generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _giou(a: Tensor, b: Tensor) -> Tensor:
-    inter, union = _inter_union(a, b)
+    inter, union = box_inter_union(a, b)
     enclosing = _enclosing_area(a, b)
     return inter / union - (enclosing - union) / enclosing

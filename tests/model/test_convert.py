@@ -57,7 +57,7 @@ def test_export_then_load_gives_identical_outputs(make_config, make_inputs, tmp_
     model = build_model(cfg).eval()
     with torch.no_grad():
         model.fusion.reg_token.weight.add_(0.5)  # anything not reproducible by a fresh init
-    folder = export_model(model, cfg, tmp_path / "export")
+    folder = export_model(model, tmp_path / "export")
     assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "model_config.json"]
     saved = json.loads((folder / "model_config.json").read_text())
     assert saved == dataclasses.asdict(dataclasses.replace(cfg, weights=None, pretrained=None))
