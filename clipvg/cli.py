@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-local": ("clipvg.engine.local", "train CLIP-VG in this process (no Ray)"),
     "predict": ("clipvg.predict", "predict the box of an expression in an image"),
     "convert-official": ("clipvg.model.convert_cli", "convert an official CLIP-VG checkpoint"),
+    "pretrain-towers": ("clipvg.pretrain.cli", "pre-train tiny CLIP towers on synthetic scenes"),
     "demo": ("clipvg.demo", "the embedded demo: synthetic world, training, report"),
 }
 
