@@ -68,6 +68,9 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     loader_workers: int = 0  # torch DataLoader workers in the local engine
+    # Synthetic world only: train on freshly generated images of the same world (a new stream
+    # every epoch, as many samples as the fixed train split) instead of its fixed train split.
+    fresh_train_images: bool = False
 
 
 @dataclass

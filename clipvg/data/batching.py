@@ -13,7 +13,7 @@ import random
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from clipvg.config import Config, DataConfig
 from clipvg.data.text import prepare_text, tokenize
@@ -74,15 +74,23 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool) -> DataLoader:
     dataset = GroundingDataset(uri, split, transform)
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {uri} has no samples")
+    expr_types = {r.sample_id: r.expr_type for r in dataset.records}
+    if train and cfg.data.fresh_train_images:
+        if cfg.data.uri is not None:
+            raise ValueError("data.fresh_train_images needs the synthetic world (data.uri: null)")
+        from clipvg.data.fresh import FreshWorld
+
+        dataset = FreshWorld(cfg.data.synth, cfg.data.seed, transform, epoch_samples=len(dataset))
+        expr_types = None
     generator = torch.Generator().manual_seed(cfg.train.seed)
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
-        shuffle=train,
+        shuffle=train and not isinstance(dataset, IterableDataset),
         drop_last=train and len(dataset) >= cfg.train.batch_size,
         num_workers=cfg.data.loader_workers,
         collate_fn=partial(collate, context_length=cfg.model.context_length, overflow=cfg.data.text_overflow,
-                           expr_types={r.sample_id: r.expr_type for r in dataset.records}),
+                           expr_types=expr_types),
         generator=generator,
     )
 

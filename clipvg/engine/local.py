@@ -65,6 +65,8 @@ def train_local(cfg: Config, progress: bool = True) -> TrainHistory:
     step = 0
     for epoch in range(cfg.train.epochs):
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        if hasattr(train_loader.dataset, "set_epoch"):  # fresh images: a new stream per epoch
+            train_loader.dataset.set_epoch(epoch)
         bar = tqdm(limited(train_loader, cfg.train.max_steps_per_epoch), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True, leave=False)
         for batch in bar:

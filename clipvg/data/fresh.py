@@ -1,0 +1,68 @@
+"""Fresh synthetic training samples: a new image for every few samples, never a repeat.
+
+With ``data.fresh_train_images: true`` the local trainer draws its training samples from this
+stream instead of the fixed ``train`` split of the synthetic world: the same generator and
+config (so the same world: object counts, distractor rule, expression types), but images from
+their own seed stream (``fresh-e<epoch>``), so a model cannot memorise a small training set.
+Validation and test stay the world's fixed held-out splits.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Iterator
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from clipvg.config import SynthConfig
+from clipvg.data.synthetic import generate_image, image_rng
+
+SHUFFLE_BUFFER = 256  # samples; an image's 3-5 expressions would otherwise sit in one batch
+
+
+class FreshWorld(IterableDataset):
+    """``epoch_samples`` new ``(transformed sample, sample_id)`` items per epoch.
+
+    Args:
+        synth: the world's generator config.
+        seed: the world seed (streams ``fresh-e<epoch>`` of it are disjoint from its splits).
+        transform: ``(image, box_xyxy, text) -> sample`` (the training transform).
+        epoch_samples: samples per epoch (the fixed split's size keeps epochs comparable).
+    """
+
+    def __init__(self, synth: SynthConfig, seed: int, transform: Callable, epoch_samples: int):
+        if epoch_samples < 1:
+            raise ValueError(f"epoch_samples must be >= 1, got {epoch_samples}")
+        self.synth, self.seed, self.transform = synth, seed, transform
+        self.epoch_samples, self.epoch = epoch_samples, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the images of ``epoch`` (each epoch has its own stream)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.epoch_samples
+
+    def _raw(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        index, stride = (info.id, info.num_workers) if info else (0, 1)
+        stream = f"fresh-e{self.epoch}"
+        while True:
+            im = generate_image(image_rng(self.seed, stream, index), self.synth,
+                                image_id=f"syn-s{self.seed}-{stream}-{index:07d}")
+            for k, e in enumerate(im.expressions):
+                yield im.image, im.objects[e.target].box, e.text, f"{im.image_id}-e{k}"
+            index += stride
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        share = self.epoch_samples // info.num_workers + (info.id < self.epoch_samples % info.num_workers) \
+            if info else self.epoch_samples
+        rng = random.Random(hash((self.seed, self.epoch, info.id if info else 0)))
+        buffer: list[tuple] = []
+        raw = self._raw()
+        for _ in range(share):
+            while len(buffer) < SHUFFLE_BUFFER:
+                buffer.append(next(raw))
+            image, box, text, sample_id = buffer.pop(rng.randrange(len(buffer)))
+            yield self.transform(image, list(box), text), sample_id
