@@ -56,16 +56,21 @@ def _objects_at(cfg: PretrainConfig, step: int) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def collate_scenes(scenes: list[Scene], normalize: str, phrase_context: int) -> dict:
-    """Stack scenes into the batch :class:`TowerPretrainer` takes."""
+def collate_scenes(scenes: list[Scene], normalize: str, phrase_context: int,
+                   context_length: int = 77) -> dict:
+    """Stack scenes into the batch :class:`TowerPretrainer` takes.
+
+    Captions longer than the towers' ``context_length`` are cut (their last objects go);
+    phrases are tokenized to ``min(phrase_context, context_length)``.
+    """
     mean, std = (np.asarray(v, dtype=np.float32).reshape(1, 3, 1, 1) for v in NORM_STATS[normalize])
     pixels = np.stack([s.pixels for s in scenes]).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
     phrases = [p or "a" for s in scenes for p in s.phrases]  # "" pads; masked by phrase_valid
-    captions = tokenize([s.caption for s in scenes]).tokens
+    captions = tokenize([s.caption for s in scenes], context_length=context_length).tokens
     captions = captions[:, : int(captions.ne(0).sum(1).max())]
     return {
         "image": torch.from_numpy((pixels - mean) / std),
-        "phrase_tokens": tokenize(phrases, context_length=phrase_context).tokens,
+        "phrase_tokens": tokenize(phrases, context_length=min(phrase_context, context_length)).tokens,
         "phrase_valid": torch.tensor([[p != "" for p in s.phrases] for s in scenes]),
         "phrase_targets": torch.from_numpy(np.stack([s.phrase_targets for s in scenes])),
         "cell_color": torch.from_numpy(np.stack([s.cell_color for s in scenes])),
@@ -108,7 +113,8 @@ def pretrain_towers(cfg: PretrainConfig, model_cfg: ModelConfig, out: str | Path
     optimizer = torch.optim.AdamW(pretrainer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     probe_cfg = _scene_config(model_cfg, *cfg.stages[-1][1:])
     probe_scenes = [make_scene(cfg.seed + 1, i, probe_cfg, patch) for i in range(cfg.probe_images)]
-    probe = [collate_scenes(probe_scenes[i: i + 128], cfg.normalize, cfg.phrase_context)
+    context = model_cfg.context_length
+    probe = [collate_scenes(probe_scenes[i: i + 128], cfg.normalize, cfg.phrase_context, context)
              for i in range(0, len(probe_scenes), 128)]
 
     curve, metrics_file = [], (out / "metrics.jsonl").open("w")
@@ -118,7 +124,7 @@ def pretrain_towers(cfg: PretrainConfig, model_cfg: ModelConfig, out: str | Path
         scene_cfg = _scene_config(model_cfg, *_objects_at(cfg, step))
         scenes = [make_scene(cfg.seed, step * cfg.batch_size + i, scene_cfg, patch)
                   for i in range(cfg.batch_size)]
-        batch = collate_scenes(scenes, cfg.normalize, cfg.phrase_context)
+        batch = collate_scenes(scenes, cfg.normalize, cfg.phrase_context, context)
         factor = min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * factor

@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 import yaml
 
 from clipvg.cli import main
-from clipvg.config import FusionConfig, ModelConfig
+from clipvg.config import FusionConfig, ModelConfig, SynthConfig
 from clipvg.model import build_model
 from clipvg.model.backbone import build_clip
 from clipvg.pretrain.loop import WEIGHTS_FILE, PretrainConfig, collate_scenes, pretrain_towers
 from clipvg.pretrain.objective import TowerPretrainer, encode_text_pooled
 from clipvg.pretrain.scenes import make_scene
-from clipvg.config import SynthConfig
 
 ARCH = {"embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
@@ -53,15 +53,18 @@ def test_losses_fall_on_a_fixed_batch():
         assert last[key] < 0.8 * first[key], (key, first[key], last[key])
 
 
-def test_pretrained_towers_load_as_clip_weights(tmp_path):
+@pytest.mark.parametrize("context", [77, 12])  # 12: captions are cut to the towers' context
+def test_pretrained_towers_load_as_clip_weights(tmp_path, context):
+    arch = {**ARCH, "text_cfg": {**ARCH["text_cfg"], "context_length": context}}
+    model_cfg = dataclasses.replace(MODEL, arch=arch, context_length=context)
     cfg = PretrainConfig(steps=3, batch_size=4, probe_images=4, eval_every=2, warmup_steps=1,
                          stages=[[0.0, 1, 2], [0.5, 2, 3]])
-    summary = pretrain_towers(cfg, MODEL, tmp_path, progress=False)
+    summary = pretrain_towers(cfg, model_cfg, tmp_path, progress=False)
     curve = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in curve] == [2, 3]
     assert summary["final_probe"] == curve[-1]["probe"]
-    model = build_model(dataclasses.replace(MODEL, weights=str(tmp_path / WEIGHTS_FILE), freeze="official"))
-    clip = build_clip(MODEL)
+    model = build_model(dataclasses.replace(model_cfg, weights=str(tmp_path / WEIGHTS_FILE), freeze="official"))
+    clip = build_clip(model_cfg)
     from safetensors.torch import load_file
 
     state = load_file(str(tmp_path / WEIGHTS_FILE))
