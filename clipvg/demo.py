@@ -60,8 +60,10 @@ def run(args) -> int:
     curve = plot_training_curve(history.epochs, run_dir / "curve.png", title=f"demo (world seed {cfg.data.seed})")
     grid = plot_prediction_grid(prediction_examples(cfg, run_dir / "best"), run_dir / "predictions.png")
     print()
-    print(f"demo finished in {time.perf_counter() - start:.0f} s (best epoch {history.best_epoch} "
-          f"of {cfg.train.epochs}, val Acc@0.5 {history.best_acc:.3f})")
+    train_s = sum(e["elapsed_s"] for e in history.epochs)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s, of which {train_s:.0f} s training "
+          f"+ validation (best epoch {history.best_epoch} of {cfg.train.epochs}, val Acc@0.5 "
+          f"{history.best_acc:.3f})")
     for split, summary in history.test.items():
         per_type = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_type"].items())
         print(f"held-out {split} Acc@0.5 = {summary['acc']:.3f} over {summary['total']} expressions ({per_type})")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,19 +34,22 @@ def draw_boxes(image: Image.Image, pred: Sequence[float] | None, true: Sequence[
 
 
 def plot_training_curve(epochs: list[dict], path: str | Path, title: str = "CLIP-VG training") -> Path:
-    """Validation Acc@0.5 (overall and per expression type) and training loss per epoch."""
+    """Validation Acc@0.5 (overall and per expression type) and training loss, against the
+    cumulative wall-clock time of training + validation (epochs when no time is recorded)."""
     path = Path(path)
-    xs = [e["epoch"] for e in epochs]
+    timed = all("elapsed_s" in e for e in epochs)
+    xs = list(np.cumsum([e["elapsed_s"] for e in epochs])) if timed else [e["epoch"] for e in epochs]
+    xlabel = "seconds (training + validation)" if timed else "epoch"
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_acc.plot(xs, [e["val"]["acc"] for e in epochs], "o-", lw=2, label="all", color="black")
     types = sorted({t for e in epochs for t in e["val"].get("per_type", {})})
     for t in types:
         ax_acc.plot(xs, [e["val"]["per_type"].get(t, float("nan")) for e in epochs], ".--", label=t)
-    ax_acc.set(xlabel="epoch", ylabel="val Acc@0.5", ylim=(0, 1), title="held-out accuracy")
+    ax_acc.set(xlabel=xlabel, ylabel="val Acc@0.5", ylim=(0, 1), title="held-out accuracy")
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(fontsize=8)
     ax_loss.plot(xs, [e["train_loss"] for e in epochs], "o-", color="tab:red")
-    ax_loss.set(xlabel="epoch", ylabel="L1 + GIoU", title="training loss")
+    ax_loss.set(xlabel=xlabel, ylabel="L1 + GIoU", title="training loss")
     ax_loss.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
