@@ -22,7 +22,7 @@ from clipvg.config import ModelConfig, SynthConfig
 from clipvg.data.text import tokenize
 from clipvg.data.transforms import NORM_STATS
 from clipvg.pretrain.objective import TowerPretrainer
-from clipvg.pretrain.scenes import PHRASES_PER_IMAGE, Scene, make_scene
+from clipvg.pretrain.scenes import Scene, make_scene
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 
@@ -46,6 +46,16 @@ class PretrainConfig:
     normalize: str = "imagenet"  # must match data.augment.normalize of the runs using the towers
     phrase_context: int = 16
     loss_weights: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "warmup_steps", "probe_images", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"pretrain {name} must be >= 1, got {getattr(self, name)}")
+        starts = [s[0] for s in self.stages]
+        if not self.stages or starts[0] != 0 or starts != sorted(starts) or any(
+                not 1 <= lo <= hi for _, lo, hi in self.stages):
+            raise ValueError(f"pretrain stages must start at 0.0, be sorted and have "
+                             f"1 <= min <= max objects, got {self.stages}")
 
 
 def _objects_at(cfg: PretrainConfig, step: int) -> tuple[int, int]:
@@ -96,6 +106,20 @@ def _probe(pretrainer: TowerPretrainer, probe: list[dict]) -> dict[str, float]:
     return sums
 
 
+def _step(pretrainer: TowerPretrainer, optimizer, batch: dict, lr: float, step: int) -> dict:
+    """One optimisation step at learning rate ``lr`` (gradients clipped to norm 1)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses = pretrainer(batch)
+    if not torch.isfinite(losses["loss"]):
+        raise FloatingPointError(f"non-finite pre-training loss at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(pretrainer.parameters(), 1.0)
+    optimizer.step()
+    return losses
+
+
 def pretrain_towers(cfg: PretrainConfig, model_cfg: ModelConfig, out: str | Path,
                     progress: bool = True) -> dict:
     """Pre-train ``model_cfg``'s towers from random init; write them to ``out``; return the
@@ -126,15 +150,7 @@ def pretrain_towers(cfg: PretrainConfig, model_cfg: ModelConfig, out: str | Path
                   for i in range(cfg.batch_size)]
         batch = collate_scenes(scenes, cfg.normalize, cfg.phrase_context, context)
         factor = min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * factor
-        losses = pretrainer(batch)
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(f"non-finite pre-training loss at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(pretrainer.parameters(), 1.0)
-        optimizer.step()
+        losses = _step(pretrainer, optimizer, batch, cfg.lr * factor, step)
         bar.set_postfix(loss=f"{losses['loss'].item():.3f}", top1=f"{losses['phrase_top1'].item():.2f}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             record = {"step": step + 1, "images": (step + 1) * cfg.batch_size,

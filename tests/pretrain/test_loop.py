@@ -109,3 +109,10 @@ def test_same_command_same_towers(tmp_path):
     pretrain_towers(other, MODEL, tmp_path / "c", progress=False)
     c = load_file(str(tmp_path / "c" / WEIGHTS_FILE))
     assert not torch.equal(a["visual.positional_embedding"], c["visual.positional_embedding"])
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(stages=[[0.2, 1, 3]]),
+                                 dict(stages=[[0.0, 3, 2]]), dict(stages=[[0.0, 1, 2], [0.5, 0, 2]])])
+def test_bad_pretrain_config_is_refused(bad):
+    with pytest.raises(ValueError, match="pretrain"):
+        PretrainConfig(**bad)
