@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -53,8 +54,12 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     run_cfg = load_config(args.config, args.overrides)
     # Always from random init: the config's own model.weights (these towers) are ignored.
-    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         eval_every=args.eval_every, normalize=run_cfg.data.augment.normalize)
+    try:
+        cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             eval_every=args.eval_every, normalize=run_cfg.data.augment.normalize)
+    except ValueError as err:
+        print(f"clipvg pretrain-towers: {err}", file=sys.stderr)
+        return 2
     summary = pretrain_towers(cfg, run_cfg.model, args.out)
     command = reproduce_command(args)
     card = write_model_card(Path(args.out), summary, command)

@@ -116,3 +116,11 @@ def test_same_command_same_towers(tmp_path):
 def test_bad_pretrain_config_is_refused(bad):
     with pytest.raises(ValueError, match="pretrain"):
         PretrainConfig(**bad)
+
+
+def test_cli_refuses_zero_steps(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"arch": ARCH, "image_size": 64, "taps": [0, 1]}}))
+    assert main(["pretrain-towers", "--config", str(config), "--out", str(tmp_path / "o"),
+                 "--steps", "0"]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
