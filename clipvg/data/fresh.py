@@ -56,9 +56,9 @@ class FreshWorld(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
-        share = self.epoch_samples // info.num_workers + (info.id < self.epoch_samples % info.num_workers) \
-            if info else self.epoch_samples
-        rng = random.Random(hash((self.seed, self.epoch, info.id if info else 0)))
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        share = len(range(worker, self.epoch_samples, workers))  # this worker's part of the epoch
+        rng = random.Random(hash((self.seed, self.epoch, worker)))
         buffer: list[tuple] = []
         raw = self._raw()
         for _ in range(share):

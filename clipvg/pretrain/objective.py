@@ -58,13 +58,17 @@ def dense_embeddings(clip: open_clip.CLIP, image: Tensor) -> tuple[Tensor, Tenso
     return tokens, clip.visual.ln_post(tokens) @ clip.visual.proj
 
 
+def _phrase_patch_cosine(clip: open_clip.CLIP, dense: Tensor, phrase_tokens: Tensor) -> Tensor:
+    """``(B, P, G*G)`` cosines between each image's P phrases and its dense patch embeddings."""
+    patches = F.normalize(dense[:, 1:], dim=-1)
+    phrases = F.normalize(encode_text_pooled(clip, phrase_tokens), dim=-1)
+    return torch.einsum("bpe,bge->bpg", phrases.view(dense.shape[0], -1, phrases.shape[-1]), patches)
+
+
 def phrase_patch_similarity(clip: open_clip.CLIP, image: Tensor, phrase_tokens: Tensor) -> Tensor:
     """``(B, P, G*G)`` cosine similarity of each image's P phrases (``phrase_tokens`` (B*P, L))
     with its patches: what the towers alone know of where a phrase is."""
-    _, dense = dense_embeddings(clip, image)
-    patches = F.normalize(dense[:, 1:], dim=-1)
-    phrases = F.normalize(encode_text_pooled(clip, phrase_tokens), dim=-1)
-    return torch.einsum("bpe,bge->bpg", phrases.view(image.shape[0], -1, phrases.shape[-1]), patches)
+    return _phrase_patch_cosine(clip, dense_embeddings(clip, image)[1], phrase_tokens)
 
 
 class TowerPretrainer(nn.Module):
@@ -92,18 +96,18 @@ class TowerPretrainer(nn.Module):
         """
         clip = self.clip
         tokens, dense = dense_embeddings(clip, batch["image"])  # (B, 1+GG, W), (B, 1+GG, E)
-        patches = F.normalize(dense[:, 1:], dim=-1)
-        B, P, GG = batch["phrase_targets"].shape
-        phrases = F.normalize(encode_text_pooled(clip, batch["phrase_tokens"]), dim=-1).view(B, P, -1)
-        logits = self.align_scale.exp() * torch.einsum("bpe,bge->bpg", phrases, patches) + self.align_bias
+        B = dense.shape[0]
+        cosine = _phrase_patch_cosine(clip, dense, batch["phrase_tokens"])
+        logits = self.align_scale.exp() * cosine + self.align_bias
         valid = batch["phrase_valid"][..., None].expand_as(logits).float()
         align = (F.binary_cross_entropy_with_logits(logits, batch["phrase_targets"].float(), reduction="none")
                  * valid).sum() / valid.sum()
 
         cells = self.head_norm(tokens[:, 1:])  # (B, GG, W)
         fg = batch["cell_color"] < len(HUE_RING)
-        cell_loss = (F.cross_entropy(self.color_head(cells).flatten(0, 1), batch["cell_color"].flatten())
-                     + F.cross_entropy(self.shape_head(cells).flatten(0, 1), batch["cell_shape"].flatten())
+        color_logits, shape_logits = self.color_head(cells), self.shape_head(cells)
+        cell_loss = (F.cross_entropy(color_logits.flatten(0, 1), batch["cell_color"].flatten())
+                     + F.cross_entropy(shape_logits.flatten(0, 1), batch["cell_shape"].flatten())
                      + F.cross_entropy(self.size_head(cells).flatten(0, 1), batch["cell_size"].flatten()))
         box_pred = self.box_head(cells).sigmoid()
         box_loss = F.l1_loss(box_pred[fg], batch["cell_box"][fg]) if fg.any() else box_pred.sum() * 0
@@ -118,8 +122,8 @@ class TowerPretrainer(nn.Module):
         loss = (w["align"] * align + w["cells"] * cell_loss + w["box"] * box_loss
                 + w["contrastive"] * contrastive)
         with torch.no_grad():
-            color_acc = (self.color_head(cells).argmax(-1) == batch["cell_color"])[fg].float().mean()
-            shape_acc = (self.shape_head(cells).argmax(-1) == batch["cell_shape"])[fg].float().mean()
+            color_acc = (color_logits.argmax(-1) == batch["cell_color"])[fg].float().mean()
+            shape_acc = (shape_logits.argmax(-1) == batch["cell_shape"])[fg].float().mean()
             # a positive phrase "finds" its object when its best-scoring cell is a target cell
             has_pos = batch["phrase_targets"].any(-1) & batch["phrase_valid"]
             top = logits.argmax(-1, keepdim=True)

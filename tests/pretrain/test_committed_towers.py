@@ -24,12 +24,11 @@ PROBE_SEED = 424_242  # neither the pre-training stream nor its probe stream
 
 
 def _demo_model_config():
-    cfg = load_config(DEMO)
-    return cfg, cfg.model
+    return load_config(DEMO).model
 
 
 def test_weights_file_is_small_complete_and_named_by_the_demo():
-    cfg, model_cfg = _demo_model_config()
+    model_cfg = _demo_model_config()
     path = TOWERS / "open_clip_model.safetensors"
     assert path.stat().st_size <= 20 * 2**20
     assert (ROOT / model_cfg.weights).resolve() == path.resolve()
@@ -40,7 +39,7 @@ def test_weights_file_is_small_complete_and_named_by_the_demo():
 
 def test_demo_model_loads_the_towers_with_official_freezing(monkeypatch):
     monkeypatch.chdir(ROOT)  # the demo config names the weights relative to the repository root
-    _, model_cfg = _demo_model_config()
+    model_cfg = _demo_model_config()
     model = build_model(model_cfg)
     trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
     assert trainable == ["visual.positional_embedding"]
@@ -68,7 +67,7 @@ def _phrase_top1(clip, scenes) -> float:
 def test_towers_find_described_objects_on_unseen_scenes(objects):
     """Phrase -> patch retrieval with the towers alone (no trained head) on fresh scenes: the
     committed towers find the object far above what untrained towers of the same shape do."""
-    _, model_cfg = _demo_model_config()
+    model_cfg = _demo_model_config()
     scene_cfg = SynthConfig(image_size=model_cfg.image_size, min_objects=objects[0], max_objects=objects[1])
     scenes = [make_scene(PROBE_SEED, i, scene_cfg, 16) for i in range(48)]
     torch.manual_seed(0)
