@@ -5,10 +5,13 @@ OpenMP threads then spend more time waiting on each other than computing (measur
 tests took 40-50 s with 2 threads under load, 10 s with 1).
 """
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from s3_server import S3Server, start as start_s3
 
 torch.set_num_threads(1)
 
@@ -22,3 +25,29 @@ def official_cases() -> dict:
     path = OFFICIAL_TINY / "cases.pt"
     assert path.exists(), f"the committed official fixture is missing: {path}"
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def s3() -> S3Server:
+    """moto's S3 server on 127.0.0.1 (free port) with a bucket; stopped after the session.
+
+    The dummy AWS variables (and ``AWS_ENDPOINT_URL``) are set in this process for the whole
+    session, so boto-based clients and Ray workers started afterwards reach only this server.
+    """
+    saved = {}
+
+    def setenv(key, value):
+        saved.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+    handle, server = start_s3(setenv)
+    setenv("AWS_ENDPOINT_URL", handle.endpoint_url)
+    try:
+        yield handle
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -9,6 +9,8 @@ A dataset at a URI is a folder of tables (see ``docs/architecture.md``):
 * **images** - ``image_id``, ``uri`` (relative to the dataset root, e.g. ``files/x.png``) and/or
   ``bytes`` (the encoded file), ``width``, ``height``. Either of ``uri`` / ``bytes`` may be
   absent as a column; each row needs at least one of them.
+* **quarantine** - rejected samples rows (any column may be null) with ``reason``, ``detail``
+  and ``input_row``; written by :mod:`clipvg.data.validate`.
 * **detections** - the simulated detector output the pseudo-label generators start from:
   ``image_id``, ``det_id``, ``box``, ``label``, ``color`` (nullable), ``score``.
 
@@ -149,7 +151,39 @@ IMAGES = TableSpec(  # one of uri / bytes may be left out as a column
 DETECTIONS = TableSpec(
     "detections", DETECTIONS_SCHEMA, unique="det_id", checks=(_box_problems, _score_problems)
 )
-SPECS = {spec.name: spec for spec in (SAMPLES, IMAGES, DETECTIONS)}
+
+# Rejected sample rows (clipvg.data.validate): the samples columns, all nullable (a rejected row
+# may lack any of them), the box as a variable-length float64 list (it may hold 3 values, NaN or
+# inf: whatever was rejected, kept as it came), plus why it was rejected and where it came from.
+QUARANTINE_REASONS = (
+    "malformed_entry", "missing_image", "image_unreadable", "box_not_finite", "box_degenerate",
+    "box_outside_image", "text_empty", "text_invalid_utf8", "text_too_long",
+    "duplicate_sample_id", "duplicate_sample",
+)
+QUARANTINE_BOX_TYPE = pa.list_(pa.float64())
+QUARANTINE_SCHEMA = pa.schema(
+    [pa.field(f.name, QUARANTINE_BOX_TYPE if f.name == "box" else f.type, nullable=True)
+     for f in SAMPLES_SCHEMA]
+    + [
+        pa.field("reason", pa.string(), nullable=False),  # one of QUARANTINE_REASONS
+        pa.field("detail", pa.string(), nullable=False),  # human message: file, value, count
+        pa.field("input_row", pa.int64(), nullable=False),  # row index in the writer's input
+    ]
+)
+
+
+def _reason_problems(table: pa.Table) -> list[tuple[int, str, str]]:
+    return [
+        (row, "reason", f"unknown reason {v!r}; expected one of {QUARANTINE_REASONS}")
+        for row, v in enumerate(table.column("reason").to_pylist())
+        if v is not None and v not in QUARANTINE_REASONS
+    ]
+
+
+QUARANTINE = TableSpec(
+    "quarantine", QUARANTINE_SCHEMA, optional=frozenset({"expr_type"}), checks=(_reason_problems,)
+)
+SPECS = {spec.name: spec for spec in (SAMPLES, IMAGES, DETECTIONS, QUARANTINE)}
 
 # --------------------------------------------------------------------------------------------
 # Validation

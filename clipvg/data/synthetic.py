@@ -33,7 +33,8 @@ from tqdm import tqdm
 from clipvg import __version__
 from clipvg.config import SynthConfig
 from clipvg.data import storage
-from clipvg.data.schema import DETECTIONS, IMAGES, SAMPLES, validate_table
+from clipvg.data.schema import DETECTIONS, IMAGES, SAMPLES
+from clipvg.data.validate import ingest
 from clipvg.data.synthetic_detector import (  # noqa: F401  (the rates are re-exported)
     BOX_JITTER,
     COLOR_ERROR_RATE,
@@ -313,16 +314,26 @@ def _generate(uri, cfg, seed, splits, ext, embed, show, storage_options) -> dict
     return rows
 
 
-def _write_tables(uri: str, rows: dict[str, list], storage_options: dict) -> None:
-    """Validate and publish the three tables (``split`` is an extra column of images and
-    detections; the samples schema has it already)."""
+def _write_tables(uri: str, rows: dict[str, list], manifest: dict, show: bool,
+                  storage_options: dict) -> None:
+    """Build the three tables and publish them with :func:`clipvg.data.validate.ingest`
+    (row validation, quarantine/, manifest.json last). ``split`` is an extra column of images
+    and detections; the samples schema has it already. Synthetic rows are valid by
+    construction, so anything quarantined is a generator bug: raised, and the world is left
+    without a manifest (incomplete) rather than published short of rows."""
+    tables = {}
     for name, spec in (("samples", SAMPLES), ("images", IMAGES), ("detections", DETECTIONS)):
         fields = list(spec.schema)
         if name != "samples":
             fields.append(pa.field("split", pa.string(), nullable=False))
-        table = pa.Table.from_pylist(rows[name], schema=pa.schema(fields))
-        where = storage.join(uri, name)
-        storage.write_table(validate_table(table, spec, where=where), where, **storage_options)
+        tables[name] = pa.Table.from_pylist(rows[name], schema=pa.schema(fields))
+    report = ingest(uri, tables["samples"], tables["images"], manifest=manifest,
+                    extra_tables={"detections": tables["detections"]}, progress=show,
+                    **storage_options)
+    if report.quarantined or report.sizes_corrected:
+        storage.remove(storage.join(uri, "manifest.json"), **storage_options)
+        raise RuntimeError(f"synthetic world at {uri} failed validation (a generator bug; "
+                           f"see {storage.join(uri, 'quarantine')}): {report.summary()}")
 
 
 def write_world(
@@ -362,11 +373,10 @@ def write_world(
         old = storage.read_json(manifest_uri, **storage_options)
         if {k: old.get(k) for k in key} == key:
             return old
-        storage.remove(manifest_uri, **storage_options)  # incomplete until rewritten
+    storage.remove(manifest_uri, **storage_options)  # incomplete until rewritten (also: force)
     total = sum(splits.values())
     show = (sys.stderr.isatty() and total >= 1000) if progress is None else progress
     rows = _generate(uri, cfg, seed, splits, ext, embed_images, show, storage_options)
-    _write_tables(uri, rows, storage_options)
     samples = rows["samples"]
     manifest = dict(
         key,
@@ -375,10 +385,10 @@ def write_world(
                         detections=sum(r["split"] == s for r in rows["detections"]))
                 for s, n in splits.items()},
         expr_types={t: sum(r["expr_type"] == t for r in samples) for t in EXPR_TYPES},
-        tables=["samples", "images", "detections"],
+        tables=["samples", "images", "detections", "quarantine"],
         detector=dict(miss_rate=MISS_RATE, label_confusion_rate=LABEL_CONFUSION_RATE,
                       color_missing_rate=COLOR_MISSING_RATE, color_error_rate=COLOR_ERROR_RATE,
                       box_jitter=BOX_JITTER, false_positives_per_image=FALSE_POSITIVES_PER_IMAGE),
     )
-    storage.write_json(manifest, manifest_uri, **storage_options)
-    return manifest
+    _write_tables(uri, rows, manifest, show, storage_options)  # writes the manifest last
+    return storage.read_json(manifest_uri, **storage_options)  # + ingest's validation report

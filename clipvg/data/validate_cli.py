@@ -1,0 +1,58 @@
+"""``clipvg validate``: re-check a dataset at a URI; bad rows move to its quarantine table.
+
+Example::
+
+    clipvg validate runs/worlds/world-s0            # check, and quarantine bad rows
+    clipvg validate s3://bucket/refcoco --endpoint-url http://127.0.0.1:9000 --check-only
+
+Exit code: 0 every row is valid, 1 rows were quarantined (or would be, with --check-only),
+2 usage error (e.g. no dataset at the URI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("uri", help="dataset root: a path or URI (s3://...)")
+    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint")
+    parser.add_argument("--check-only", action="store_true",
+                        help="report only; change nothing")
+    parser.add_argument("--max-text-tokens", type=int, default=75,
+                        help="most CLIP BPE tokens per text (75 fit CLIP's context of 77)")
+    parser.add_argument("--keep-duplicates", action="store_true",
+                        help="accept rows repeating an earlier (image, split, text, box)")
+    parser.add_argument("--no-decode", action="store_true",
+                        help="read image headers only (fast; corrupt pixel data passes)")
+    parser.add_argument("--threads", type=int, default=8, help="images opened in parallel")
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipvg.data.schema import SchemaError  # heavy imports only when the command runs
+    from clipvg.data.validate import validate_dataset
+
+    if args.max_text_tokens < 1 or args.threads < 1:
+        print("clipvg validate: error: --max-text-tokens and --threads must be >= 1",
+              file=sys.stderr)
+        return 2
+    try:
+        report = validate_dataset(
+            args.uri, apply=not args.check_only, max_text_tokens=args.max_text_tokens,
+            decode_images=not args.no_decode, drop_duplicates=not args.keep_duplicates,
+            threads=args.threads, endpoint_url=args.endpoint_url)
+    except (FileNotFoundError, SchemaError) as exc:  # DatasetNotFoundError, a missing table
+        line = " ".join(part.strip() for part in str(exc).splitlines())  # schema errors: 1 line
+        print(f"clipvg validate: error: {line}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    for ex in report.examples:
+        print(f"  row {ex['input_row']} {ex['sample_id']}: {ex['reason']} ({ex['detail']})")
+    if report.quarantined > len(report.examples):
+        print(f"  ... and {report.quarantined - len(report.examples)} more")
+    if report.quarantined:
+        where = f"{args.uri.rstrip('/')}/quarantine"
+        print("check only: nothing changed" if args.check_only
+              else f"moved {report.quarantined} rows to {where}")
+    return 1 if report.quarantined else 0

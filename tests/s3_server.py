@@ -1,0 +1,62 @@
+"""A real S3 API server on loopback for tests: moto's threaded server, one per test session.
+
+Nothing but 127.0.0.1 is contacted. The dummy credentials and ``AWS_EC2_METADATA_DISABLED``
+keep botocore from probing the instance-metadata address; ``AWS_ENDPOINT_URL`` points every
+S3 client that honours it (botocore, s3fs, pyarrow, Ray workers started after it is set) at
+this server.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class S3Server:
+    """Handle on the running server: its endpoint and one bucket created for the session."""
+
+    endpoint_url: str
+    bucket: str
+    env: dict = field(default_factory=dict)  # the variables a subprocess / Ray worker needs
+
+    @property
+    def options(self) -> dict:
+        """storage_options for :mod:`clipvg.data.storage` calls."""
+        return {"endpoint_url": self.endpoint_url}
+
+    def uri(self, prefix: str = "") -> str:
+        """A fresh ``s3://bucket/<prefix>-<uuid>`` URI, so tests never see each other's keys."""
+        return f"s3://{self.bucket}/{prefix or 'data'}-{uuid.uuid4().hex[:8]}"
+
+
+def start(monkeypatch_env) -> tuple[S3Server, object]:
+    """Start moto on a free loopback port and create a bucket; returns (handle, server)."""
+    from moto.server import ThreadedMotoServer
+    import boto3
+
+    for k, v in S3_ENV.items():
+        monkeypatch_env(k, v)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    bucket = "clipvg-test"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    env = dict(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+    return S3Server(endpoint, bucket, env), server
