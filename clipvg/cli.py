@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-official": ("clipvg.model.convert_cli", "convert an official CLIP-VG checkpoint"),
     "pretrain-towers": ("clipvg.pretrain.cli", "pre-train tiny CLIP towers on synthetic scenes"),
     "demo": ("clipvg.demo", "the embedded demo: synthetic world, training, report"),
+    "validate": ("clipvg.data.validate_cli", "check a dataset's rows; quarantine bad ones"),
+    "import-official": ("clipvg.data.official_cli", "import official CLIP-VG split files (.pth)"),
+    "export-official": ("clipvg.data.official_cli", "export a split as an official .pth file"),
 }
 
 

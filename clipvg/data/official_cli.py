@@ -1,0 +1,111 @@
+"""``clipvg import-official`` / ``clipvg export-official``: the official CLIP-VG split files
+(``{split_root}/{key}/{key}_{split}.pth``) <-> a clipvg dataset.
+
+Examples::
+
+    clipvg import-official --dataset unc --split-root data/full_sup_data \\
+        --image-root data/image_data --out runs/unc
+    clipvg import-official --dataset unc+ --split-root data/unsup_multi_source \\
+        --image-root s3://bucket/image_data --images reference --out s3://bucket/uncp \\
+        --endpoint-url http://127.0.0.1:9000
+    clipvg export-official runs/unc --dataset unc --split val --out /tmp/unc_val.pth
+
+Split files are read with a restricted unpickler (lists, tuples, strings, numbers only): a file
+that would run code on load is refused with a one-line error, before anything is written.
+One command serves both directions because both share the key/split vocabulary; the module
+dispatches on the command name ``clipvg.cli`` was called with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _command(parser: argparse.ArgumentParser) -> str:
+    return "export-official" if parser.prog.endswith("export-official") else "import-official"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clipvg.data.official import KEYS, SPLITS, TRAIN_SEPARATE
+
+    command = _command(parser)
+    parser.set_defaults(_official_command=command)
+    if command == "export-official":
+        parser.add_argument("uri", metavar="URI", help="clipvg dataset root (path or s3://...)")
+        parser.add_argument("--split", required=True, help="split to export, e.g. val")
+        parser.add_argument("--out", required=True, metavar="FILE.pth",
+                            help="official split file to write")
+        parser.add_argument("--source", default=None,
+                            help="only rows of this source (gt, pseudo, template, ...)")
+    else:
+        parser.add_argument("--split-root", required=True,
+                            help="folder holding <key>/<key>_<split>.pth (and train_separate/)")
+        parser.add_argument("--image-root", default=None,
+                            help="official image root (holds other/, referit/, Flickr30k/)")
+        parser.add_argument("--out", required=True, help="dataset root to write (path or URI)")
+        parser.add_argument("--images", choices=("copy", "pack", "reference"), default="copy",
+                            help="copy files to <out>/files/, pack bytes into the images "
+                                 "table, or reference the originals (default: copy)")
+        parser.add_argument("--image-dir", default=None,
+                            help="folder holding the images, instead of the key's folder "
+                                 "under --image-root")
+        parser.add_argument("--splits", default=None,
+                            help=f"comma-separated subset of {','.join(SPLITS)},"
+                                 f"{TRAIN_SEPARATE} (default: all found; trainval is "
+                                 "always skipped)")
+        parser.add_argument("--no-progress", action="store_true",
+                            help="never show a progress bar")
+    parser.add_argument("--dataset", required=True, help=f"dataset key: {', '.join(KEYS)}")
+    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint")
+
+
+def _error(command: str, message: str) -> int:
+    print(f"clipvg {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipvg.data.official import KEYS
+
+    command = args._official_command
+    if args.dataset not in KEYS:
+        return _error(command, f"unknown dataset key {args.dataset!r}; expected one of "
+                               f"{', '.join(KEYS)}")
+    try:
+        return _run_export(args) if command == "export-official" else _run_import(args)
+    except (ValueError, FileNotFoundError, OSError) as e:  # UnsafePickleError is a ValueError
+        return _error(command, str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from clipvg.data.official import import_official
+
+    if args.image_root is None and args.image_dir is None:
+        return _error("import-official", "give --image-root or --image-dir")
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    report = import_official(
+        args.dataset, args.split_root, args.image_root, args.out, images=args.images,
+        image_dir=args.image_dir, splits=splits,
+        progress=False if args.no_progress else None, endpoint_url=args.endpoint_url)
+    for note in report.notes:
+        print(note)
+    for f in report.files:
+        extra = f", {f['rejected']} malformed" if f["rejected"] else ""
+        print(f"{f['name']}: {f['rows']} rows (split {f['split']}, source {f['source']}{extra})")
+    v = report.validation
+    print(f"{report.images} distinct images ({args.images}); {v.input_rows} samples: "
+          f"{v.accepted} accepted, {v.quarantined} quarantined")
+    for reason, n in sorted(v.reasons.items()):
+        print(f"  quarantined {reason}: {n}")
+    print(f"-> {args.out}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from clipvg.data.official import export_split
+
+    n = export_split(args.uri, args.dataset, args.split, args.out, source=args.source,
+                     endpoint_url=args.endpoint_url)
+    print(f"exported {n} entries of split {args.split} ({args.dataset} format) -> {args.out}")
+    return 0
