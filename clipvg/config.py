@@ -153,6 +153,8 @@ class StorageConfig:
     root: str = "runs"
     run_name: str = "default"
     endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, Ceph, moto)
+    region: str | None = None  # S3 region; None = AWS_DEFAULT_REGION / the bucket's own
+    profile: str | None = None  # named AWS profile (~/.aws); never put keys in a config
 
 
 @dataclass

@@ -117,13 +117,9 @@ class GroundingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _resolve(self, rel: str) -> str:
-        """Image URIs are relative to the dataset root unless absolute or with a scheme."""
-        return rel if "://" in rel or rel.startswith("/") else storage.join(self.uri, rel)
-
     def _decode(self, image_id: str) -> Image.Image:
         rel, data = self._images[image_id]
-        where = self._resolve(rel) if rel is not None else f"images table (bytes of {image_id})"
+        where = storage.resolve(self.uri, rel) if rel is not None else f"images table (bytes of {image_id})"
         try:
             if data is None:
                 data = storage.read_bytes(where, **self.storage_options)

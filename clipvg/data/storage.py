@@ -2,9 +2,14 @@
 stores alike.
 
 Every function takes a URI (``/abs/path``, ``rel/path``, ``file:///...``, ``s3://bucket/key``,
-or anything fsspec knows) and optional ``**storage_options`` that are passed to the fsspec
-filesystem; ``endpoint_url=`` is understood for ``s3://`` (MinIO, Ceph, moto). Without it the
-usual ``AWS_*`` environment variables apply (``AWS_ENDPOINT_URL`` included).
+``gs://bucket/key`` with gcsfs installed, or anything fsspec knows) and optional
+``**storage_options`` that are passed to the fsspec filesystem. For ``s3://`` three portable
+options are understood - ``endpoint_url`` (MinIO, Ceph, moto), ``region`` and ``profile`` (a
+named AWS profile) - and dropped for other schemes, so callers can always pass
+:func:`options_from_config` of the run. Credentials themselves never go through the config
+(it is written next to every output): they come from the standard chain - ``AWS_*``
+environment variables (``AWS_ENDPOINT_URL`` included), ``~/.aws`` files, an instance role or
+IRSA on a cluster; for ``gs://`` the Google default credentials.
 
 Writes are atomic for readers: a file is written under a hidden temporary name
 (``.tmp-<uuid>-<name>``) in the destination folder and then published - renamed on a local
@@ -16,13 +21,16 @@ writer's leftovers never leak into a table.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import uuid
+from urllib.parse import urlparse
 from typing import Any, Iterable
 
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
@@ -31,18 +39,71 @@ DEFAULT_PART = "part-00000.parquet"
 _HIDDEN = (".", "_")
 
 
+S3_OPTIONS = ("endpoint_url", "region", "profile")  # the portable ones; others pass through
+_S3_PROTOCOLS = ("s3", "s3a")
+
+
+def options_from_config(storage_cfg: Any) -> dict[str, Any]:
+    """storage_options of a run (``StorageConfig``): endpoint_url, region, profile if set."""
+    return {k: getattr(storage_cfg, k, None) for k in S3_OPTIONS
+            if getattr(storage_cfg, k, None) is not None}
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
 def filesystem(uri: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path inside it (local paths made absolute).
 
-    ``endpoint_url`` is dropped for non-S3 URIs, so callers can always pass the run's
-    ``storage.endpoint_url`` without checking the scheme first.
+    ``endpoint_url``, ``region`` and ``profile`` are dropped for non-S3 URIs, so callers can
+    always pass the run's storage options without checking the scheme first.
     """
     options = {k: v for k, v in storage_options.items() if v is not None}
-    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-    if protocol not in ("s3", "s3a") and "endpoint_url" in options:
-        options.pop("endpoint_url")
-    fs, path = fsspec.core.url_to_fs(uri, **options)
+    protocol = _protocol(uri)
+    if protocol in _S3_PROTOCOLS:
+        region = options.pop("region", None)
+        if region is not None:  # s3fs takes the region through botocore's client kwargs
+            options["client_kwargs"] = dict(options.get("client_kwargs") or {}, region_name=region)
+    else:
+        for key in S3_OPTIONS:
+            options.pop(key, None)
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **options)
+    except ImportError as exc:
+        package = {"gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(protocol)
+        hint = f"pip install {package}" if package else "install the fsspec backend for it"
+        raise ImportError(f"cannot open {uri}: {protocol}:// needs an extra package ({hint})") from exc
     return fs, path.rstrip("/") or "/"
+
+
+def pyarrow_filesystem(uri: str, **storage_options: Any) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for ``uri`` (Ray Data readers, Ray Train storage).
+
+    Local paths get pyarrow's own; ``s3://`` gets pyarrow's native S3 client (endpoint and
+    region from the options or the ``AWS_*`` variables, credentials from the standard chain),
+    except with a ``profile``, which pyarrow cannot select: then, like every other scheme, the
+    fsspec filesystem is wrapped, so both readers always see the same store.
+    """
+    fs, path = filesystem(uri, **storage_options)
+    if is_local(fs):
+        return pafs.LocalFileSystem(), path
+    if _protocol(uri) in _S3_PROTOCOLS and not storage_options.get("profile"):
+        kwargs: dict[str, Any] = {}
+        endpoint = storage_options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            parsed = urlparse(endpoint)
+            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+        region = storage_options.get("region") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def resolve(root: str, uri: str) -> str:
+    """An image/file URI of a table, relative to the dataset ``root`` unless absolute."""
+    return uri if "://" in uri or uri.startswith("/") else join(root, uri)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -178,6 +239,34 @@ def write_table(
         if stale:
             fs.rm(stale)
     return target
+
+
+def table_schema(uri: str, **storage_options: Any) -> pa.Schema:
+    """The schema of a Parquet folder (its first visible part) without reading any rows."""
+    fs, path = filesystem(uri, **storage_options)
+    files = _parts(fs, path) if fs.isdir(path) else [path]
+    if not files or not fs.exists(files[0]):
+        raise FileNotFoundError(f"no Parquet table at {uri}")
+    with fs.open(files[0], "rb") as f:
+        return pq.read_schema(f)
+
+
+def has_values(uri: str, column: str, **storage_options: Any) -> bool:
+    """Whether ``column`` of the Parquet folder holds any non-null value, from the footers'
+    statistics only (e.g. packed image bytes vs a ``bytes`` column that is all null)."""
+    fs, path = filesystem(uri, **storage_options)
+    for part in _parts(fs, path) if fs.isdir(path) else [path]:
+        with fs.open(part, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        if column not in meta.schema.names:
+            return False
+        index = meta.schema.names.index(column)
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(index).statistics
+            rows = meta.row_group(g).num_rows
+            if stats is None or not stats.has_null_count or stats.null_count < rows:
+                return True  # unknown counts as "has values": the reader copes with nulls
+    return False
 
 
 def read_table(

@@ -48,7 +48,7 @@ BLUR_P, BLUR_RADIUS = 0.5, (0.1, 2.0)
 class GroundingSample:
     """One preprocessed sample.
 
-    image: (3,S,S) float32, normalised; padding = 0.
+    image: (3,S,S) float32, normalised; padding = 0 (uint8, unnormalised, with ``raw``/``normalize=None``).
     pixel_mask: (S,S) int32, 1 = padding, 0 = image pixel.
     box: (4,) float32, (cx, cy, w, h) / S on the padded canvas.
     text: the input text, unchanged (no flip, so no left/right swap).
@@ -169,6 +169,34 @@ def _to_normalized_array(img: Image.Image, normalize: str) -> np.ndarray:
     return (x - mean) / np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
 
 
+def _as_chw(img: Image.Image, normalize: str | None) -> np.ndarray:
+    """(3,h,w): normalised float32, or the raw uint8 pixels when ``normalize`` is None (the
+    streaming path ships uint8 and normalises on the consumer, see :func:`normalize_images`)."""
+    if normalize is None:
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return _to_normalized_array(img, normalize)
+
+
+def encode_box(box: np.ndarray, size: int, top: int, left: int) -> np.ndarray:
+    """(4,) float32 target: ``box`` (x0,y0,x1,y1 in placed-image pixels) shifted by the
+    placement and encoded as (cx, cy, w, h) / S on the canvas (float64 math, as official)."""
+    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64) + np.array([left, top, left, top], dtype=np.float64)
+    target = np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=np.float64) / size
+    return target.astype(np.float32)
+
+
+def _canvas(chw: np.ndarray, size: int, top: int, left: int) -> tuple[np.ndarray, np.ndarray]:
+    """Place (3,h,w) on a zero (3,S,S) canvas of the same dtype; mask (S,S) int32, 1 = padding."""
+    _, h, w = chw.shape
+    if not (0 <= top <= size - h and 0 <= left <= size - w):
+        raise RuntimeError(f"image {h}x{w} at ({top},{left}) does not fit canvas {size}")
+    image = np.zeros((3, size, size), dtype=chw.dtype)
+    image[:, top : top + h, left : left + w] = chw
+    mask = np.ones((size, size), dtype=np.int32)
+    mask[top : top + h, left : left + w] = 0
+    return image, mask
+
+
 def _letterbox(
     chw: np.ndarray, box: np.ndarray, size: int, top: int, left: int, text: str,
     scale: float, shift: tuple[float, float],
@@ -177,19 +205,12 @@ def _letterbox(
 
     ``box``/``scale``/``shift`` describe the current image: current_xy = original_xy*scale + shift.
     """
+    image, mask = _canvas(chw, size, top, left)
     _, h, w = chw.shape
-    if not (0 <= top <= size - h and 0 <= left <= size - w):
-        raise RuntimeError(f"image {h}x{w} at ({top},{left}) does not fit canvas {size}")
-    image = np.zeros((3, size, size), dtype=np.float32)
-    image[:, top : top + h, left : left + w] = chw
-    mask = np.ones((size, size), dtype=np.int32)
-    mask[top : top + h, left : left + w] = 0
-    x0, y0, x1, y1 = box + np.array([left, top, left, top], dtype=np.float64)
-    target = np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=np.float64) / size
     return GroundingSample(
         image=torch.from_numpy(image),
         pixel_mask=torch.from_numpy(mask),
-        box=torch.from_numpy(target.astype(np.float32)),
+        box=torch.from_numpy(encode_box(box, size, top, left)),
         text=text,
         scale=float(scale),
         offset=(float(shift[0] + left), float(shift[1] + top)),
@@ -212,15 +233,68 @@ def eval_transform(
     box_xyxy,
     text: str,
     size: int = 224,
-    normalize: Literal["imagenet", "clip"] = "imagenet",
+    normalize: Literal["imagenet", "clip"] | None = "imagenet",
 ) -> GroundingSample:
-    """Evaluation preprocessing (§1.6): long side to S, normalise, centred zero padding."""
+    """Evaluation preprocessing (§1.6): long side to S, normalise, centred zero padding.
+
+    ``normalize=None`` keeps the canvas uint8 (padding 0); :func:`normalize_images` finishes it.
+    """
     img = _as_rgb(image)
     box = _check_box(box_xyxy, *img.size)
     img, box, ratio = _resize_long(img, box, size)
-    chw = _to_normalized_array(img, normalize)
+    chw = _as_chw(img, normalize)
     _, h, w = chw.shape
     return _letterbox(chw, box, size, _centred(size, h), _centred(size, w), text, ratio, (0.0, 0.0))
+
+
+@dataclass(frozen=True)
+class EvalCanvas:
+    """The eval letterbox of one image, shared by all of its expressions (decode + resize once).
+
+    image: (3,S,S) uint8, zero padding; pixel_mask: (S,S) int32, 1 = padding;
+    ``canvas_xy = original_xy * scale + offset``.
+    """
+
+    image: np.ndarray
+    pixel_mask: np.ndarray
+    scale: float
+    offset: tuple[float, float]
+    image_size: tuple[int, int]  # (W, H) of the original image, for clamping boxes
+
+    def target(self, box_xyxy) -> np.ndarray:
+        """(4,) float32 (cx,cy,w,h)/S of an original-pixel box: identical to what
+        :func:`eval_transform` gives for the same image and box."""
+        box = _check_box(box_xyxy, *self.image_size) * self.scale
+        left, top = self.offset
+        return encode_box(box, self.image.shape[-1], int(top), int(left))
+
+
+def eval_canvas(image: Image.Image, size: int = 224) -> EvalCanvas:
+    """Resize + letterbox one image for evaluation, without normalising (uint8)."""
+    img = _as_rgb(image)
+    original = img.size
+    img, _, ratio = _resize_long(img, np.zeros(4), size)
+    chw = _as_chw(img, None)
+    _, h, w = chw.shape
+    top, left = _centred(size, h), _centred(size, w)
+    canvas, mask = _canvas(chw, size, top, left)
+    return EvalCanvas(canvas, mask, float(ratio), (float(left), float(top)), original)
+
+
+def normalize_images(images: torch.Tensor, pixel_mask: torch.Tensor,
+                     normalize: Literal["imagenet", "clip"] = "imagenet") -> torch.Tensor:
+    """(B,3,S,S) uint8 canvases -> float32 normalised with padding exactly 0, on their device.
+
+    The same float32 operations as the per-sample path ((x/255 - mean)/std), so the result is
+    bit-identical to :func:`eval_transform` with ``normalize`` set; doing it here lets a GPU
+    consumer receive 4x fewer bytes and normalise on the device.
+    """
+    if normalize not in NORM_STATS:
+        raise ValueError(f"normalize must be one of {sorted(NORM_STATS)}, got {normalize!r}")
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+                 for v in NORM_STATS[normalize])
+    x = (images.to(torch.float32) / 255.0 - mean) / std
+    return torch.where(pixel_mask.unsqueeze(1).bool(), torch.zeros((), device=x.device), x)
 
 
 def train_transform(
@@ -230,8 +304,11 @@ def train_transform(
     rng: random.Random,
     cfg: AugmentConfig | None = None,
     size: int = 224,
+    raw: bool = False,
 ) -> GroundingSample:
     """Official training augmentation (§1.5), in order; every switch of ``cfg`` is honoured.
+
+    ``raw=True`` returns the uint8 canvas (for :func:`normalize_images` on the consumer).
 
     1. random select: resize long side to a scale, or (p=0.5, ``cfg.crop``, never when the text
        holds a spatial word) resize short side to {400,500,600} -> random size crop -> resize long
@@ -260,7 +337,7 @@ def train_transform(
     if cfg.blur and rng.random() < BLUR_P:
         img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*BLUR_RADIUS)))
 
-    chw = _to_normalized_array(img, cfg.normalize)
+    chw = _as_chw(img, None if raw else cfg.normalize)
     _, h, w = chw.shape
     if cfg.translate:
         top, left = rng.randint(0, size - h), rng.randint(0, size - w)

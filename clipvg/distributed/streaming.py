@@ -1,0 +1,289 @@
+"""Ray Data: stream a split of a dataset at a URI into model batches, decoding each image once.
+
+Plan (driver, :func:`plan_split`): read the split's sample rows and the images table *without*
+its ``bytes`` column (Parquet reads only the columns asked for), and decide one input row per
+*group*: an image with all of its expressions (fan-out, the default) or, for the benchmark's
+comparison with the official loader, one sample (``per_sample``).
+
+Dataset (workers, :func:`build_dataset`): input rows -> ``map_batches`` that fetches each
+group's image (a file under the dataset root / any URI, or the ``bytes`` column of packed
+Parquet shards, read by Ray Data's Parquet reader), decodes it once, and fans it out into one
+row per expression with :mod:`clipvg.data.fanout` (uint8 canvases: 4x fewer bytes through the
+object store than float32). The samples of the split reach the workers once, as one object in
+the object store, not once per task.
+
+Batches (consumer, :func:`iter_model_batches`): ``iter_torch_batches`` -> the batch dict of
+:mod:`clipvg.engine.steps`, normalised on the consumer's device. Rows whose image could not be
+read (object deleted, network error after the client's retries, corrupt bytes) arrive as error
+rows: they are dropped from the batch and counted in a :class:`StreamReport` with their ids,
+never raised from inside a worker.
+
+Evaluation must see every row once: with several consumers use :func:`split_for_consumers`
+(``streaming_split(equal=False)``; ``equal=True`` drops tail rows) and check the reports with
+:func:`check_complete`.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data.expressions
+from ray.data.collate_fn import NumpyBatchCollateFn
+import torch
+
+from clipvg.data import storage
+from clipvg.data.fanout import FanOutSpec, concat_rows, decode, fan_out, group_samples
+from clipvg.data.schema import SAMPLES, validate_table
+from clipvg.data.transforms import normalize_images
+
+SAMPLE_COLUMNS = ("sample_id", "image_id", "text", "box", "box_trunc", "expr_type")
+
+
+@dataclass
+class StreamPlan:
+    """What a split streams: its samples and one input row per group (see module doc)."""
+
+    root: str
+    split: str
+    samples: pa.Table  # the split's sample rows (SAMPLE_COLUMNS present in the table)
+    inputs: pa.Table  # image_id, uri (null: packed or unknown) [, sample_id when per_sample]
+    packed_parts: list[str]  # Parquet parts holding image bytes (empty when images are files)
+    per_sample: bool
+    unknown_images: list[str] = field(default_factory=list)  # referenced, not in the images table
+    storage_options: dict = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return self.samples.num_rows
+
+    @property
+    def num_images(self) -> int:
+        return len(set(self.samples.column("image_id").to_pylist()))
+
+
+def plan_split(root: str, split: str, *, per_sample: bool = False, **storage_options: Any) -> StreamPlan:
+    """Read the sample rows of ``split`` and the image locations (driver side, no image bytes)."""
+    where = storage.join(root, "samples")
+    samples = storage.read_table(where, filter=pc.field("split") == split, **storage_options)
+    validate_table(samples, SAMPLES, where=where)
+    if samples.num_rows == 0:
+        raise KeyError(f"split {split!r} has no samples in {where}")
+    samples = samples.select([c for c in SAMPLE_COLUMNS if c in samples.column_names])
+    images_uri = storage.join(root, "images")
+    schema = storage.table_schema(images_uri, **storage_options)
+    columns = ["image_id"] + (["uri"] if "uri" in schema.names else [])
+    images = storage.read_table(images_uri, columns=columns, **storage_options)
+    uri_of = dict(zip(images.column("image_id").to_pylist(),
+                      images.column("uri").to_pylist() if "uri" in columns else [None] * images.num_rows))
+    packed = (storage.list_parts(images_uri, **storage_options)
+              if storage.has_values(images_uri, "bytes", **storage_options) else [])
+    image_ids = samples.column("image_id").to_pylist()
+    if not per_sample:
+        image_ids = list(dict.fromkeys(image_ids))  # one input row per distinct image
+    inputs = pa.table({"image_id": pa.array(image_ids, pa.string()),
+                       "uri": pa.array([uri_of.get(i) for i in image_ids], pa.string())})
+    if per_sample:
+        inputs = inputs.append_column("sample_id", samples.column("sample_id"))
+    if packed and per_sample:
+        raise ValueError("per-sample decoding reads image files; this dataset packs its images")
+    unknown = sorted({i for i in image_ids if i not in uri_of})
+    return StreamPlan(root, split, samples, inputs, packed, per_sample, unknown, dict(storage_options))
+
+
+# --------------------------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------------------------
+
+_GROUPS: dict[str, dict] = {}  # per worker process: samples object id -> grouped rows
+_GROUPS_LOCK = threading.Lock()
+
+
+def _groups(ref_box: list, key: str, int_truncation: bool) -> dict:
+    """The grouped sample rows, fetched from the object store once per worker process."""
+    ref = ref_box[0]  # boxed in a list so Ray hands the ref over instead of resolving it per task
+    cache_key = f"{ref.hex()}:{key}:{int_truncation}"
+    with _GROUPS_LOCK:
+        if cache_key not in _GROUPS:
+            _GROUPS.clear()  # one split at a time per worker keeps memory flat
+            _GROUPS[cache_key] = group_samples(ray.get(ref), key, int_truncation)
+        return _GROUPS[cache_key]
+
+
+def _fetch(root: str, uri: str | None, data: bytes | None, options: dict) -> bytes:
+    if data is not None:
+        return data
+    if uri is None:
+        raise LookupError("no uri and no bytes: image_id missing from the images table?")
+    return storage.read_bytes(storage.resolve(root, uri), **options)
+
+
+def _decode_batch(batch: dict[str, np.ndarray], *, spec: FanOutSpec, samples: list, key: str,
+                  int_truncation: bool, root: str, storage_options: dict) -> dict[str, np.ndarray]:
+    """map_batches UDF: input group rows -> output sample rows (see clipvg.data.fanout)."""
+    groups = _groups(samples, key, int_truncation)
+    n = len(batch["image_id"])
+    column = lambda name: batch[name] if name in batch else [None] * n  # noqa: E731
+    parts = []
+    for group, image_id, uri, data in zip(batch[key], batch["image_id"], column("uri"),
+                                          column("bytes")):
+        rows = groups.get(group)
+        if rows is None:  # a packed shard holds images of other splits too
+            continue
+        try:
+            image = decode(_fetch(root, uri, data, storage_options))
+        except Exception as exc:  # noqa: BLE001 - any read/decode failure becomes error rows
+            where = storage.resolve(root, uri) if uri else f"image {image_id}"
+            parts.append(fan_out(None, rows, spec, image_id, f"{where}: {type(exc).__name__}: {exc}"))
+            continue
+        parts.append(fan_out(image, rows, spec, image_id))
+    return concat_rows(parts, spec)
+
+
+def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = True,
+                  groups_per_block: int = 32, groups_per_call: int = 8, num_cpus: float = 1.0,
+                  concurrency: int | None = None) -> "ray.data.Dataset":
+    """The Ray Dataset of model-ready sample rows for ``plan`` (see module doc).
+
+    Training shuffles the groups (images) with (seed, epoch) before streaming; consumers add a
+    local shuffle buffer so one image's expressions spread over several batches.
+    """
+    key = "sample_id" if plan.per_sample else "image_id"
+    samples_ref = ray.put(plan.samples)
+    inputs = plan.inputs
+    if spec.train:
+        order = np.random.default_rng([spec.seed, spec.epoch]).permutation(inputs.num_rows)
+        inputs = inputs.take(pa.array(order))
+    if plan.packed_parts:
+        ds = _packed_inputs(plan, inputs)
+    else:
+        blocks = [inputs.slice(i, groups_per_block) for i in range(0, inputs.num_rows, groups_per_block)]
+        ds = ray.data.from_arrow(blocks)
+    return ds.map_batches(
+        _decode_batch, batch_size=groups_per_call, num_cpus=num_cpus, concurrency=concurrency,
+        batch_format="numpy", zero_copy_batch=True,
+        fn_kwargs=dict(spec=spec, samples=[samples_ref], key=key, int_truncation=int_truncation,
+                       root=plan.root, storage_options=plan.storage_options),
+    )
+
+
+def _packed_inputs(plan: StreamPlan, inputs: pa.Table) -> "ray.data.Dataset":
+    """Packed images: Ray Data reads the shards (only this split's rows); images the table
+    lacks become inputs of their own so their samples are reported, not lost."""
+    fs, _ = storage.pyarrow_filesystem(plan.root, **plan.storage_options)
+    paths = [storage.filesystem(p, **plan.storage_options)[1] if "://" in p else p
+             for p in plan.packed_parts]
+    schema = storage.table_schema(storage.join(plan.root, "images"), **plan.storage_options)
+    columns = ["image_id", "bytes"] + (["uri"] if "uri" in schema.names else [])
+    wanted = inputs.column("image_id").to_pylist()
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns).filter(
+        expr=ray.data.expressions.col("image_id").is_in(wanted))
+    unknown = plan.unknown_images
+    if unknown:  # same columns as the shards, so blocks concatenate
+        ds = ds.union(ray.data.from_arrow(pa.table(
+            {c: pa.array(unknown if c == "image_id" else [None] * len(unknown),
+                         pa.binary() if c == "bytes" else pa.string()) for c in columns})))
+    return ds
+
+
+# --------------------------------------------------------------------------------------------
+# Consumers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamReport:
+    """What a consumer received: good rows, and the rows that had no data, with why."""
+
+    rows: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (sample_id, image_id, error)
+    sample_ids: list[str] | None = None  # every good row's id, when asked for (evaluation)
+
+    def summary(self) -> str:
+        if not self.failed:
+            return f"{self.rows} samples streamed"
+        images = sorted({image for _, image, _ in self.failed})
+        first = self.failed[0]
+        return (f"{self.rows} samples streamed; {len(self.failed)} skipped from {len(images)} "
+                f"image(s) that could not be read, e.g. {first[0]} ({first[2]})")
+
+
+class _ToTorch(NumpyBatchCollateFn):
+    """iter_torch_batches collate_fn: numeric columns -> tensors, string columns -> lists.
+
+    Ray hands out read-only zero-copy arrays; the tensors are only read (normalisation and
+    row selection make new ones), so torch's non-writable warning is silenced, not a copy made.
+    """
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return {k: (torch.from_numpy(np.ascontiguousarray(v)) if v.dtype != object else v.tolist())
+                    for k, v in batch.items()}
+
+
+def iter_model_batches(source: Any, *, batch_size: int, normalize: str = "imagenet",
+                       device: torch.device | str = "cpu", drop_last: bool = False,
+                       shuffle_buffer: int | None = None, seed: int | None = None,
+                       report: StreamReport | None = None, keep_ids: bool = False) -> Iterator[dict]:
+    """Model batches (see :mod:`clipvg.engine.steps`) from a Dataset or a DataIterator shard.
+
+    Error rows are removed (so a batch can be smaller than ``batch_size``) and recorded in
+    ``report``. ``keep_ids`` also records every good row's ``sample_id`` (exactly-once checks).
+    """
+    report = report if report is not None else StreamReport()
+    if keep_ids and report.sample_ids is None:
+        report.sample_ids = []
+    for raw in source.iter_torch_batches(batch_size=batch_size, collate_fn=_ToTorch(),
+                                         drop_last=drop_last, local_shuffle_buffer_size=shuffle_buffer,
+                                         local_shuffle_seed=seed):
+        batch = _drop_failed(raw, report)
+        if batch is None:
+            continue
+        report.rows += len(batch["sample_id"])
+        if keep_ids:
+            report.sample_ids.extend(batch["sample_id"])
+        tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        yield dict(
+            image=normalize_images(tensors["image"], tensors["pixel_mask"], normalize),
+            pixel_mask=tensors["pixel_mask"].to(torch.int64), tokens=tensors["tokens"],
+            token_mask=tensors["token_mask"], target=tensors["target"],
+            sample_id=batch["sample_id"], image_id=batch["image_id"], expr_type=batch["expr_type"],
+        )
+
+
+def _drop_failed(batch: dict, report: StreamReport) -> dict | None:
+    errors = batch["error"]
+    bad = [i for i, e in enumerate(errors) if e]
+    if not bad:
+        return batch
+    report.failed += [(batch["sample_id"][i], batch["image_id"][i], errors[i]) for i in bad]
+    keep = [i for i, e in enumerate(errors) if not e]
+    if not keep:
+        return None
+    index = torch.tensor(keep)
+    return {k: (v.index_select(0, index) if torch.is_tensor(v) else [v[i] for i in keep])
+            for k, v in batch.items()}
+
+
+def split_for_consumers(ds: "ray.data.Dataset", n: int) -> list:
+    """``n`` iterators that together yield every row exactly once (no tail rows dropped)."""
+    return ds.streaming_split(n, equal=False)
+
+
+def check_complete(plan: StreamPlan, reports: Iterable[StreamReport]) -> None:
+    """Raise if the consumers did not see every sample of ``plan`` exactly once."""
+    reports = list(reports)
+    seen = [sid for r in reports for sid in (r.sample_ids or [])] + [f[0] for r in reports for f in r.failed]
+    expected = plan.samples.column("sample_id").to_pylist()
+    if len(seen) != len(expected) or set(seen) != set(expected):
+        missing = sorted(set(expected) - set(seen))[:5]
+        dupes = len(seen) - len(set(seen))
+        raise RuntimeError(f"split {plan.split!r} of {plan.root}: expected {len(expected)} rows, "
+                           f"consumers saw {len(seen)} ({dupes} duplicate(s); missing e.g. {missing})")

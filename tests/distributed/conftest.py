@@ -1,0 +1,34 @@
+"""One local Ray instance for every Ray test of the session (start-up costs seconds).
+
+Token authentication stays on, as on a cluster: a random token is set in the environment of
+this process before Ray starts, so the head and every worker use it and no file under ~/.ray is
+read or written. The head binds to 127.0.0.1 and keeps its files in a private temp dir. The
+``s3`` fixture starts first, so Ray's workers inherit the loopback S3 endpoint and the dummy
+credentials.
+"""
+
+import os
+import secrets
+
+import pytest
+
+# Ray reads its auth mode when it is first imported (by the test modules, at collection), so
+# this has to happen at import time of this conftest, before them.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3, tmp_path_factory):
+    import ray
+
+    temp = tmp_path_factory.mktemp("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=str(temp), configure_logging=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
