@@ -71,7 +71,7 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool) -> DataLoader:
     from clipvg.data.dataset import GroundingDataset
 
     transform = SampleTransform(cfg.data, cfg.model.image_size, train, seed=cfg.train.seed)
-    dataset = GroundingDataset(uri, split, transform)
+    dataset = GroundingDataset(uri, split, transform, official_boxes=cfg.data.box_int_truncation)
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {uri} has no samples")
     expr_types = {r.sample_id: r.expr_type for r in dataset.records}

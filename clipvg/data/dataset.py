@@ -34,6 +34,7 @@ class SampleRecord:
     text: str
     box_xyxy: np.ndarray  # float32 (4,): x0, y0, x1, y1 in original pixels
     expr_type: str | None = None
+    box_trunc: np.ndarray | None = None  # the official loader's integer box, where imported
 
 
 def load_split(uri: str, split: str, **storage_options: Any) -> list[SampleRecord]:
@@ -54,8 +55,10 @@ def load_split(uri: str, split: str, **storage_options: Any) -> list[SampleRecor
     boxes = boxes.reshape(-1, 4)
     expr = (rows.column("expr_type").to_pylist() if "expr_type" in rows.column_names
             else [None] * rows.num_rows)
+    trunc = rows.column("box_trunc").to_pylist() if "box_trunc" in rows.column_names else None
     return [
-        SampleRecord(sid, iid, text, boxes[k].copy(), et)
+        SampleRecord(sid, iid, text, boxes[k].copy(), et,
+                     None if trunc is None or trunc[k] is None else np.asarray(trunc[k], np.float32))
         for k, (sid, iid, text, et) in enumerate(zip(
             rows.column("sample_id").to_pylist(), rows.column("image_id").to_pylist(),
             rows.column("text").to_pylist(), expr))
@@ -69,7 +72,9 @@ class GroundingDataset(Dataset):
     (a copy) and the text; without a transform the item is ``((image, box, text), sample_id)``.
     Decoded images are cached per ``image_id`` in a bounded LRU (``cache_size`` images, 0 to
     disable): a synthetic image has ~4 expressions, so an epoch decodes it once instead of 4x.
-    With DataLoader workers each worker holds its own cache.
+    With DataLoader workers each worker holds its own cache. ``official_boxes``: hand the
+    transform the official loader's integer box (``box_trunc``) where the dataset has one
+    (``data.box_int_truncation``; see docs/data.md).
     """
 
     def __init__(
@@ -79,8 +84,10 @@ class GroundingDataset(Dataset):
         transform: Callable[[Image.Image, np.ndarray, str], Any] | None = None,
         *,
         cache_size: int = 512,
+        official_boxes: bool = False,
         **storage_options: Any,
     ) -> None:
+        self.official_boxes = official_boxes
         self.uri = uri
         self.split = split
         self.transform = transform
@@ -143,7 +150,8 @@ class GroundingDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, str]:
         r = self.records[index]
-        image, box = self.image(r.image_id), r.box_xyxy.copy()
+        use_trunc = self.official_boxes and r.box_trunc is not None
+        image, box = self.image(r.image_id), (r.box_trunc if use_trunc else r.box_xyxy).copy()
         if self.transform is None:
             return (image, box, r.text), r.sample_id
         return self.transform(image, box, r.text), r.sample_id

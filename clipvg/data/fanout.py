@@ -5,21 +5,25 @@ Data workers, but nothing here knows Ray: a *group* is one image with the sample
 refer to it (fan-out, the default), or one sample alone (``per_sample``, the official loader's
 behaviour, kept for the benchmark).
 
-Output rows (N = samples of the group, S = canvas side, L = context length)::
+A group becomes *canvas rows*. Evaluation letterboxes an image the same way for every one of
+its expressions, so an eval group is ONE canvas row with up to K sample slots: the pixels
+travel once, and the consumer fans them out (on its device). Training augments every sample on
+its own, so each sample is a canvas row of its own (K = 1). Row layout (S = canvas side,
+L = context length, K = slots)::
 
-    image        (N, 3, S, S) uint8   letterboxed pixels, padding 0 (normalised on the consumer:
-                                      clipvg.data.transforms.normalize_images)
-    pixel_mask   (N, S, S)    uint8   1 = padding
-    tokens       (N, L)       int64   CLIP BPE ids;  token_mask (N, L) int64, 1 = real token
-    target       (N, 4)       float32 (cx, cy, w, h) / S on the canvas
-    sample_id, image_id, expr_type    str
-    error        str                  "" when the row is good; otherwise why it has no data
-                                      (its arrays are zeros and consumers drop and report it)
+    image        (3, S, S)  uint8    letterboxed pixels, padding 0 (normalised on the consumer:
+                                     clipvg.data.transforms.normalize_images)
+    placed       (4,)       int32    top, left, height, width of the image pixels on the canvas
+                                     (the padding mask is rebuilt from it: :func:`padding_mask`)
+    sample_row   (K,)       int64    row of each slot in the split's samples table; -1 = unused
+    ok           (K,)       bool     the slot holds data (False: unused, or failed - see error)
+    target       (K, 4)     float32  (cx, cy, w, h) / S on the canvas
+    tokens       (K, L)     int64    CLIP BPE ids (the token mask is ``tokens > 0``)
+    image_id     str
+    error        str                 "" or one line per failed slot: "<slot>\t<why>"
 
-Evaluation is deterministic and shared by the group: the image is resized and letterboxed once
-(:func:`~clipvg.data.transforms.eval_canvas`) and only the box differs per expression. Training
-augments every sample on its own, from a ``random.Random`` seeded by (seed, epoch, sample_id),
-so a sample gets the same augmentation on any worker in any order.
+Training draws each sample's augmentation from a ``random.Random`` seeded by
+(seed, epoch, sample_id), so a sample is augmented the same on any worker, in any order.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class FanOutSpec:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     epoch: int = 0
+    slots: int = 1  # K: sample slots per canvas row (eval fan-out: most samples of an image)
 
     @classmethod
     def from_config(cls, cfg: Config, *, train: bool, epoch: int = 0) -> "FanOutSpec":
@@ -61,10 +66,13 @@ class FanOutSpec:
 class GroupRows:
     """The sample rows of one group (one image, or one sample in per-sample mode)."""
 
+    rows: list[int]  # row indices in the split's samples table
     sample_ids: list[str]
     texts: list[str]
     boxes: np.ndarray  # (N, 4) float32 x0,y0,x1,y1 in original pixels (truncated if configured)
     expr_types: list[str]
+    tokens: np.ndarray | None = None  # (N, L) int64, from tokenize_texts (None: tokenize here)
+    text_errors: list[str] | None = None  # "" or why the text could not be tokenized
 
 
 def loader_boxes(samples: pa.Table, int_truncation: bool) -> np.ndarray:
@@ -77,99 +85,178 @@ def loader_boxes(samples: pa.Table, int_truncation: bool) -> np.ndarray:
     return np.trunc(boxes) if int_truncation and column == "box" else boxes
 
 
+def tokenize_texts(texts: list[str], spec: FanOutSpec, chunk: int = 512) -> tuple[np.ndarray, list[str]]:
+    """(N, L) int64 token ids of ``texts`` (prompt template + lower-casing applied) and, per
+    text, "" or why it cannot be tokenized (empty; too long with ``text_overflow=error``).
+
+    The streaming plan calls this once per split and run, so workers never tokenize and an
+    epoch does not pay for it again.
+    """
+    ids = np.zeros((len(texts), spec.context_length), np.int64)
+    errors = [""] * len(texts)
+    prepared = [prepare_text(t, spec.prompt_template) for t in texts]
+    for start in range(0, len(prepared), chunk):
+        part = prepared[start:start + chunk]
+        try:
+            ids[start:start + len(part)] = tokenize(part, spec.context_length, spec.text_overflow).tokens.numpy()
+            continue
+        except ValueError:
+            pass  # find the bad texts one by one; the others still get their ids
+        for k, text in enumerate(part, start):
+            try:
+                ids[k] = tokenize([text], spec.context_length, spec.text_overflow).tokens[0].numpy()
+            except ValueError as exc:
+                errors[k] = f"{type(exc).__name__}: {exc}"
+    return ids, errors
+
+
 def group_samples(samples: pa.Table, key: str, int_truncation: bool) -> dict[str, GroupRows]:
-    """Group sample rows by ``key`` ("image_id" for fan-out, "sample_id" for per-sample)."""
+    """Group sample rows by ``key`` ("image_id" for fan-out, "sample_id" for per-sample).
+
+    Optional columns ``tokens`` (list of L ints) and ``text_error`` (from
+    :func:`tokenize_texts`) are carried into the groups.
+    """
     boxes = loader_boxes(samples, int_truncation)
     ids = samples.column("sample_id").to_pylist()
     texts = samples.column("text").to_pylist()
     keys = samples.column(key).to_pylist()
     types = (samples.column("expr_type").to_pylist() if "expr_type" in samples.column_names
              else [None] * len(ids))
+    tokens = (np.asarray(samples.column("tokens").combine_chunks().flatten(), np.int64).reshape(len(ids), -1)
+              if "tokens" in samples.column_names else None)
+    text_errors = samples.column("text_error").to_pylist() if "text_error" in samples.column_names else None
     members: dict[str, list[int]] = {}
     for row, k in enumerate(keys):
         members.setdefault(k, []).append(row)
     return {
-        k: GroupRows([ids[r] for r in rows], [texts[r] for r in rows], boxes[rows],
-                     [types[r] or "unknown" for r in rows])
+        k: GroupRows(rows, [ids[r] for r in rows], [texts[r] for r in rows], boxes[rows],
+                     [types[r] or "unknown" for r in rows],
+                     None if tokens is None else tokens[rows],
+                     None if text_errors is None else [text_errors[r] for r in rows])
         for k, rows in members.items()
     }
 
 
 def decode(data: bytes) -> Image.Image:
-    """Encoded bytes -> fully decoded RGB image (a truncated file fails here, not later)."""
-    with Image.open(io.BytesIO(data)) as im:
-        return im.convert("RGB")
+    """Encoded bytes -> fully decoded RGB image (a truncated file fails here, not later).
+
+    An image that is RGB already is returned as decoded, without ``convert``'s copy.
+    """
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def _empty(spec: FanOutSpec, n: int) -> dict[str, np.ndarray]:
-    s, length = spec.size, spec.context_length
+    """``n`` canvas rows with every slot unused."""
+    s, k, length = spec.size, spec.slots, spec.context_length
     return dict(
-        image=np.zeros((n, 3, s, s), np.uint8), pixel_mask=np.ones((n, s, s), np.uint8),
-        tokens=np.zeros((n, length), np.int64), token_mask=np.zeros((n, length), np.int64),
-        target=np.zeros((n, 4), np.float32),
+        image=np.zeros((n, 3, s, s), np.uint8), placed=np.zeros((n, 4), np.int32),
+        sample_row=np.full((n, k), -1, np.int64), ok=np.zeros((n, k), bool),
+        target=np.zeros((n, k, 4), np.float32), tokens=np.zeros((n, k, length), np.int64),
+        image_id=np.array([""] * n, dtype=object), error=np.array([""] * n, dtype=object),
     )
 
 
-def _tokenize(texts: list[str], spec: FanOutSpec, out: dict, errors: list[str]) -> None:
-    """Tokenize into ``out``; a text that fails (empty, or too long with overflow=error)
-    marks only its own row."""
-    prepared = [prepare_text(t, spec.prompt_template) for t in texts]
-    for i, text in enumerate(prepared):
-        if errors[i]:
-            continue
-        try:
-            tok = tokenize([text], spec.context_length, spec.text_overflow)
-        except ValueError as exc:
-            errors[i] = f"text: {exc}"
-            continue
-        out["tokens"][i], out["token_mask"][i] = tok.tokens[0].numpy(), tok.token_mask[0].numpy()
+def placement(pixel_mask: np.ndarray) -> np.ndarray:
+    """(S, S) padding mask (1 = padding) -> [top, left, height, width] of the image pixels:
+    4 numbers instead of S*S bytes on the wire (the image is one rectangle on the canvas)."""
+    rows, cols = np.flatnonzero(pixel_mask.min(1) == 0), np.flatnonzero(pixel_mask.min(0) == 0)
+    return np.array([rows[0], cols[0], rows.size, cols.size], np.int32)
 
 
-def _place_eval(image: Image.Image, rows: GroupRows, spec: FanOutSpec, out: dict, errors: list) -> None:
-    canvas = eval_canvas(image, spec.size)  # once for the whole group
-    for i, box in enumerate(rows.boxes):
-        try:
-            out["target"][i] = canvas.target(box)
-        except ValueError as exc:
-            errors[i] = f"box: {exc}"
-            continue
-        out["image"][i], out["pixel_mask"][i] = canvas.image, canvas.pixel_mask
+def padding_mask(placed, size: int):
+    """Inverse of :func:`placement` for a batch: (B, 4) -> (B, S, S) bool, True = padding.
+    Works on numpy arrays and torch tensors (on their device)."""
+    top, left, height, width = (placed[:, i, None] for i in range(4))
+    lib = np if isinstance(placed, np.ndarray) else __import__("torch")
+    pos = lib.arange(size) if lib is np else lib.arange(size, device=placed.device)
+    in_rows = (pos >= top) & (pos < top + height)  # (B, S)
+    in_cols = (pos >= left) & (pos < left + width)
+    return ~(in_rows[:, :, None] & in_cols[:, None, :])
 
 
-def _place_train(image: Image.Image, rows: GroupRows, spec: FanOutSpec, out: dict, errors: list) -> None:
-    for i, (sid, box, text) in enumerate(zip(rows.sample_ids, rows.boxes, rows.texts)):
+def _fill_slot(out: dict, r: int, k: int, rows: GroupRows, j: int, spec: FanOutSpec, target) -> str:
+    """Put sample j of the group in slot k of canvas row r; returns "" or why it failed."""
+    out["sample_row"][r, k] = rows.rows[j]
+    try:
+        if rows.text_errors is not None and rows.text_errors[j]:
+            raise ValueError(rows.text_errors[j])
+        if rows.tokens is not None:
+            out["tokens"][r, k] = rows.tokens[j]
+        else:
+            ids, errors = tokenize_texts([rows.texts[j]], spec)
+            if errors[0]:
+                raise ValueError(errors[0])
+            out["tokens"][r, k] = ids[0]
+        out["target"][r, k] = target() if callable(target) else target
+    except ValueError as exc:  # empty / too long text (overflow=error), invalid box
+        return f"{k}\t{exc}"
+    out["ok"][r, k] = True
+    return ""
+
+
+def _eval_rows(image: Image.Image, rows: GroupRows, spec: FanOutSpec, image_id: str) -> dict:
+    """One canvas row for the whole group: letterboxed once, K slots."""
+    if len(rows.rows) > spec.slots:
+        raise ValueError(f"image {image_id} has {len(rows.rows)} samples, more than {spec.slots} slots")
+    out = _empty(spec, 1)
+    canvas = eval_canvas(image, spec.size)
+    out["image"][0], out["placed"][0] = canvas.image, placement(canvas.pixel_mask)
+    out["image_id"][0] = image_id
+    if rows.tokens is None or rows.text_errors is None:  # not planned: slot by slot
+        errors = [_fill_slot(out, 0, k, rows, k, spec, lambda box=box: canvas.target(box))
+                  for k, box in enumerate(rows.boxes)]
+        out["error"][0] = "\n".join(e for e in errors if e)
+        return out
+    n = len(rows.rows)  # planned (the streaming path): all slots at once
+    targets, box_ok = canvas.targets(rows.boxes)
+    text_ok = np.array([not e for e in rows.text_errors])
+    out["sample_row"][0, :n] = rows.rows
+    out["target"][0, :n] = targets
+    out["tokens"][0, :n] = rows.tokens
+    out["ok"][0, :n] = box_ok & text_ok
+    out["error"][0] = "\n".join(
+        f"{k}\t{rows.text_errors[k] or f'invalid box {rows.boxes[k].tolist()}'}"
+        for k in np.flatnonzero(~out["ok"][0, :n]))
+    return out
+
+
+def _train_rows(image: Image.Image, rows: GroupRows, spec: FanOutSpec, image_id: str) -> dict:
+    """One canvas row per sample (each has its own augmentation), slot 0."""
+    n = len(rows.rows)
+    out = _empty(spec, n)
+    for r, (row, sid, box, text) in enumerate(zip(rows.rows, rows.sample_ids, rows.boxes, rows.texts)):
+        out["image_id"][r] = image_id
         rng = random.Random(f"{spec.seed}:{spec.epoch}:{sid}")  # str seeds are stable across processes
         try:
             sample = train_transform(image, box, prepare_text(text, spec.prompt_template), rng,
                                      spec.augment, size=spec.size, raw=True)
         except ValueError as exc:
-            errors[i] = f"box: {exc}"
+            out["sample_row"][r, 0] = row
+            out["error"][r] = f"0\t{type(exc).__name__}: {exc}"
             continue
-        out["image"][i], out["pixel_mask"][i] = sample.image.numpy(), sample.pixel_mask.numpy()
-        out["target"][i] = sample.box.numpy()
+        out["image"][r], out["placed"][r] = sample.image.numpy(), placement(sample.pixel_mask.numpy())
+        out["error"][r] = _fill_slot(out, r, 0, rows, r, spec, sample.box.numpy())
+    return out
 
 
 def fan_out(image: Image.Image | None, rows: GroupRows, spec: FanOutSpec, image_id: str,
             failure: str = "") -> dict[str, np.ndarray]:
-    """The output rows of one group; ``image=None`` with ``failure`` gives error rows."""
-    n = len(rows.sample_ids)
-    out = _empty(spec, n)
-    errors = [failure] * n
+    """The canvas rows of one group; ``image=None`` with ``failure`` gives one row whose
+    slots all failed (so every sample of the group is reported, none lost)."""
     if image is not None:
-        (_place_train if spec.train else _place_eval)(image, rows, spec, out, errors)
-        _tokenize(rows.texts, spec, out, errors)
-    out["sample_id"] = np.array(rows.sample_ids, dtype=object)
-    out["image_id"] = np.array([image_id] * n, dtype=object)
-    out["expr_type"] = np.array(rows.expr_types, dtype=object)
-    out["error"] = np.array(errors, dtype=object)
+        return (_train_rows if spec.train else _eval_rows)(image, rows, spec, image_id)
+    n, k = (len(rows.rows), 1) if spec.slots == 1 else (1, len(rows.rows))
+    out = _empty(spec, n)
+    out["sample_row"][:, :k] = np.asarray(rows.rows, np.int64).reshape(n, k)
+    out["image_id"][:] = image_id
+    out["error"][:] = ["\n".join(f"{j}\t{failure}" for j in range(k))] * n
     return out
 
 
 def concat_rows(parts: list[dict[str, np.ndarray]], spec: FanOutSpec) -> dict[str, np.ndarray]:
-    """Stack the rows of several groups (an empty list gives zero rows with the right shapes)."""
+    """Stack the canvas rows of several groups (none: zero rows with the right shapes)."""
     if not parts:
-        out = _empty(spec, 0)
-        for k in ("sample_id", "image_id", "expr_type", "error"):
-            out[k] = np.array([], dtype=object)
-        return out
+        return _empty(spec, 0)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -268,6 +268,23 @@ class EvalCanvas:
         left, top = self.offset
         return encode_box(box, self.image.shape[-1], int(top), int(left))
 
+    def targets(self, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`target` for (N, 4) boxes at once -> ((N, 4) float32, (N,) bool valid).
+
+        The same float64 operations element by element, so each row equals :meth:`target`;
+        rows that :meth:`target` would refuse (non-finite, x1 < x0 or y1 < y0) are invalid.
+        """
+        box = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        valid = np.isfinite(box).all(1) & (box[:, 2] >= box[:, 0]) & (box[:, 3] >= box[:, 1])
+        w, h = self.image_size
+        box = np.clip(np.where(valid[:, None], box, 0.0), 0.0, [w, h, w, h]) * self.scale
+        left, top = self.offset
+        box = box + np.array([left, top, left, top], dtype=np.float64)
+        size = self.image.shape[-1]
+        out = np.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2,
+                        box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], axis=1) / size
+        return out.astype(np.float32), valid
+
 
 def eval_canvas(image: Image.Image, size: int = 224) -> EvalCanvas:
     """Resize + letterbox one image for evaluation, without normalising (uint8)."""
@@ -285,16 +302,25 @@ def normalize_images(images: torch.Tensor, pixel_mask: torch.Tensor,
                      normalize: Literal["imagenet", "clip"] = "imagenet") -> torch.Tensor:
     """(B,3,S,S) uint8 canvases -> float32 normalised with padding exactly 0, on their device.
 
-    The same float32 operations as the per-sample path ((x/255 - mean)/std), so the result is
-    bit-identical to :func:`eval_transform` with ``normalize`` set; doing it here lets a GPU
-    consumer receive 4x fewer bytes and normalise on the device.
+    The values are those of the per-sample path, ``(x/255 - mean)/std`` in float32, so the
+    result is bit-identical to :func:`eval_transform`. On the CPU they come from a 3 x 256
+    lookup table computed with those very operations (one gather instead of four passes, ~3x
+    faster); on an accelerator the arithmetic runs there, and the host ships 4x fewer bytes.
     """
     if normalize not in NORM_STATS:
         raise ValueError(f"normalize must be one of {sorted(NORM_STATS)}, got {normalize!r}")
-    mean, std = (torch.tensor(v, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=images.device).view(-1, 3, 1, 1)
                  for v in NORM_STATS[normalize])
-    x = (images.to(torch.float32) / 255.0 - mean) / std
-    return torch.where(pixel_mask.unsqueeze(1).bool(), torch.zeros((), device=x.device), x)
+    if images.device.type != "cpu":
+        x = (images.to(torch.float32) / 255.0 - mean) / std
+        return x.masked_fill_(pixel_mask.unsqueeze(1).bool(), 0.0)
+    lut = ((torch.arange(256, dtype=torch.float32) / 255.0).view(1, 1, 256) - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    lut, u8 = lut.view(3, 256).numpy(), images.numpy()
+    out = np.empty(u8.shape, np.float32)
+    for c in range(3):
+        np.take(lut[c], u8[:, c], out=out[:, c])
+    np.copyto(out, 0.0, where=pixel_mask.numpy()[:, None].astype(bool))
+    return torch.from_numpy(out)
 
 
 def train_transform(

@@ -7,16 +7,18 @@ comparison with the official loader, one sample (``per_sample``).
 
 Dataset (workers, :func:`build_dataset`): input rows -> ``map_batches`` that fetches each
 group's image (a file under the dataset root / any URI, or the ``bytes`` column of packed
-Parquet shards, read by Ray Data's Parquet reader), decodes it once, and fans it out into one
-row per expression with :mod:`clipvg.data.fanout` (uint8 canvases: 4x fewer bytes through the
-object store than float32). The samples of the split reach the workers once, as one object in
-the object store, not once per task.
+Parquet shards, read by Ray Data's Parquet reader), decodes it once, and turns it into *canvas
+rows* with :mod:`clipvg.data.fanout`: for evaluation one uint8 canvas per image with a slot per
+expression (the pixels cross the object store once, not once per expression, and 4x smaller
+than float32); for training one canvas per sample (each has its own augmentation). The samples
+of the split reach the workers once, as one object in the object store, not once per task.
 
-Batches (consumer, :func:`iter_model_batches`): ``iter_torch_batches`` -> the batch dict of
-:mod:`clipvg.engine.steps`, normalised on the consumer's device. Rows whose image could not be
-read (object deleted, network error after the client's retries, corrupt bytes) arrive as error
-rows: they are dropped from the batch and counted in a :class:`StreamReport` with their ids,
-never raised from inside a worker.
+Batches (consumer, :func:`iter_model_batches`): ``iter_torch_batches`` of canvas rows ->
+normalise each canvas once on the consumer's device -> fan the slots out into the batch dict of
+:mod:`clipvg.engine.steps`, exactly ``batch_size`` samples per batch (the last may be smaller).
+Slots whose image could not be read (object deleted, network error after the client's retries,
+corrupt bytes) arrive marked failed: they are left out of the batches and counted in a
+:class:`StreamReport` with their ids, never raised from inside a worker.
 
 Evaluation must see every row once: with several consumers use :func:`split_for_consumers`
 (``streaming_split(equal=False)``; ``equal=True`` drops tail rows) and check the reports with
@@ -25,6 +27,7 @@ Evaluation must see every row once: with several consumers use :func:`split_for_
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -39,7 +42,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 import torch
 
 from clipvg.data import storage
-from clipvg.data.fanout import FanOutSpec, concat_rows, decode, fan_out, group_samples
+from clipvg.data.fanout import (FanOutSpec, concat_rows, decode, fan_out, group_samples, padding_mask,
+                                tokenize_texts)
 from clipvg.data.schema import SAMPLES, validate_table
 from clipvg.data.transforms import normalize_images
 
@@ -57,6 +61,7 @@ class StreamPlan:
     packed_parts: list[str]  # Parquet parts holding image bytes (empty when images are files)
     per_sample: bool
     unknown_images: list[str] = field(default_factory=list)  # referenced, not in the images table
+    text_key: tuple = ()  # (context length, prompt template, overflow) the texts were tokenized with
     storage_options: dict = field(default_factory=dict)
 
     @property
@@ -67,15 +72,44 @@ class StreamPlan:
     def num_images(self) -> int:
         return len(set(self.samples.column("image_id").to_pylist()))
 
+    @property
+    def max_per_image(self) -> int:
+        """The most samples one image has in this split (the slots of an eval canvas row)."""
+        counts = pc.value_counts(self.samples.column("image_id")).field("counts")
+        return max(1, pc.max(counts).as_py() or 1)
 
-def plan_split(root: str, split: str, *, per_sample: bool = False, **storage_options: Any) -> StreamPlan:
-    """Read the sample rows of ``split`` and the image locations (driver side, no image bytes)."""
+    def index(self) -> "SampleIndex":
+        """What a consumer needs to name the slots it receives (small; ship it to workers)."""
+        types = (self.samples.column("expr_type").to_pylist() if "expr_type" in self.samples.column_names
+                 else [None] * self.num_samples)
+        return SampleIndex(self.samples.column("sample_id").to_pylist(), [t or "unknown" for t in types])
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """sample_id and expression type of every row of a split (slots carry row numbers)."""
+
+    sample_ids: list[str]
+    expr_types: list[str]
+
+
+def plan_split(root: str, split: str, spec: FanOutSpec | None = None, *, per_sample: bool = False,
+               **storage_options: Any) -> StreamPlan:
+    """Read the sample rows of ``split`` and the image locations (driver side, no image bytes),
+    and tokenize the split's texts once for the whole run (``spec``'s context length, prompt
+    template and overflow policy; default :class:`FanOutSpec`). Build the plan once and stream
+    it for every epoch."""
+    spec = spec or FanOutSpec()
     where = storage.join(root, "samples")
     samples = storage.read_table(where, filter=pc.field("split") == split, **storage_options)
     validate_table(samples, SAMPLES, where=where)
     if samples.num_rows == 0:
         raise KeyError(f"split {split!r} has no samples in {where}")
     samples = samples.select([c for c in SAMPLE_COLUMNS if c in samples.column_names])
+    tokens, text_errors = tokenize_texts(samples.column("text").to_pylist(), spec)
+    samples = samples.append_column("tokens", pa.FixedSizeListArray.from_arrays(
+        pa.array(tokens.reshape(-1)), spec.context_length))
+    samples = samples.append_column("text_error", pa.array(text_errors, pa.string()))
     images_uri = storage.join(root, "images")
     schema = storage.table_schema(images_uri, **storage_options)
     columns = ["image_id"] + (["uri"] if "uri" in schema.names else [])
@@ -94,7 +128,12 @@ def plan_split(root: str, split: str, *, per_sample: bool = False, **storage_opt
     if packed and per_sample:
         raise ValueError("per-sample decoding reads image files; this dataset packs its images")
     unknown = sorted({i for i in image_ids if i not in uri_of})
-    return StreamPlan(root, split, samples, inputs, packed, per_sample, unknown, dict(storage_options))
+    return StreamPlan(root, split, samples, inputs, packed, per_sample, unknown, _text_key(spec),
+                      dict(storage_options))
+
+
+def _text_key(spec: FanOutSpec) -> tuple:
+    return (spec.context_length, spec.prompt_template, spec.text_overflow)
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +165,7 @@ def _fetch(root: str, uri: str | None, data: bytes | None, options: dict) -> byt
 
 def _decode_batch(batch: dict[str, np.ndarray], *, spec: FanOutSpec, samples: list, key: str,
                   int_truncation: bool, root: str, storage_options: dict) -> dict[str, np.ndarray]:
-    """map_batches UDF: input group rows -> output sample rows (see clipvg.data.fanout)."""
+    """map_batches UDF: input group rows -> canvas rows (see clipvg.data.fanout)."""
     groups = _groups(samples, key, int_truncation)
     n = len(batch["image_id"])
     column = lambda name: batch[name] if name in batch else [None] * n  # noqa: E731
@@ -147,14 +186,23 @@ def _decode_batch(batch: dict[str, np.ndarray], *, spec: FanOutSpec, samples: li
 
 
 def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = True,
-                  groups_per_block: int = 32, groups_per_call: int = 8, num_cpus: float = 1.0,
+                  groups_per_block: int = 64, groups_per_call: int = 16, num_cpus: float = 1.0,
                   concurrency: int | None = None) -> "ray.data.Dataset":
-    """The Ray Dataset of model-ready sample rows for ``plan`` (see module doc).
+    """The Ray Dataset of canvas rows for ``plan`` (see module doc); consume it with
+    :func:`iter_model_batches` and ``plan.index()``.
 
     Training shuffles the groups (images) with (seed, epoch) before streaming; consumers add a
-    local shuffle buffer so one image's expressions spread over several batches.
+    local shuffle buffer so one image's expressions spread over several batches. A group is an
+    image (or a sample with ``per_sample``); a block of ``groups_per_block`` groups is one Ray
+    task (measured: a task costs ~30 ms to schedule, so blocks of 8 images ran at 60% of the
+    rate of blocks of 64), decoded ``groups_per_call`` at a time.
     """
+    if _text_key(spec) != plan.text_key:
+        raise ValueError(f"the plan tokenized its texts for (context, template, overflow) = "
+                         f"{plan.text_key}, the spec asks for {_text_key(spec)}: plan with the same spec")
     key = "sample_id" if plan.per_sample else "image_id"
+    slots = 1 if (spec.train or plan.per_sample) else plan.max_per_image
+    spec = dataclasses.replace(spec, slots=slots)
     samples_ref = ray.put(plan.samples)
     inputs = plan.inputs
     if spec.train:
@@ -182,7 +230,7 @@ def _packed_inputs(plan: StreamPlan, inputs: pa.Table) -> "ray.data.Dataset":
     schema = storage.table_schema(storage.join(plan.root, "images"), **plan.storage_options)
     columns = ["image_id", "bytes"] + (["uri"] if "uri" in schema.names else [])
     wanted = inputs.column("image_id").to_pylist()
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns).filter(
+    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns).filter(
         expr=ray.data.expressions.col("image_id").is_in(wanted))
     unknown = plan.unknown_images
     if unknown:  # same columns as the shards, so blocks concatenate
@@ -199,11 +247,11 @@ def _packed_inputs(plan: StreamPlan, inputs: pa.Table) -> "ray.data.Dataset":
 
 @dataclass
 class StreamReport:
-    """What a consumer received: good rows, and the rows that had no data, with why."""
+    """What a consumer received: good samples, and the samples that had no data, with why."""
 
     rows: int = 0
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (sample_id, image_id, error)
-    sample_ids: list[str] | None = None  # every good row's id, when asked for (evaluation)
+    sample_ids: list[str] | None = None  # every good sample's id, when asked for (evaluation)
 
     def summary(self) -> str:
         if not self.failed:
@@ -214,11 +262,12 @@ class StreamReport:
                 f"image(s) that could not be read, e.g. {first[0]} ({first[2]})")
 
 
-class _ToTorch(NumpyBatchCollateFn):
-    """iter_torch_batches collate_fn: numeric columns -> tensors, string columns -> lists.
+class CanvasBatches(NumpyBatchCollateFn):
+    """iter_torch_batches collate_fn for canvas rows: numeric columns -> tensors, string
+    columns -> lists (what :func:`iter_model_batches` fans out).
 
     Ray hands out read-only zero-copy arrays; the tensors are only read (normalisation and
-    row selection make new ones), so torch's non-writable warning is silenced, not a copy made.
+    slot selection make new ones), so torch's non-writable warning is silenced, not a copy made.
     """
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -228,48 +277,78 @@ class _ToTorch(NumpyBatchCollateFn):
                     for k, v in batch.items()}
 
 
-def iter_model_batches(source: Any, *, batch_size: int, normalize: str = "imagenet",
-                       device: torch.device | str = "cpu", drop_last: bool = False,
-                       shuffle_buffer: int | None = None, seed: int | None = None,
-                       report: StreamReport | None = None, keep_ids: bool = False) -> Iterator[dict]:
-    """Model batches (see :mod:`clipvg.engine.steps`) from a Dataset or a DataIterator shard.
+def _record_failures(raw: dict, index: SampleIndex, report: StreamReport) -> None:
+    for r, lines in enumerate(raw["error"]):
+        for line in filter(None, lines.split("\n")):
+            slot, why = line.split("\t", 1)
+            row = int(raw["sample_row"][r, int(slot)])
+            report.failed.append((index.sample_ids[row], raw["image_id"][r], why))
 
-    Error rows are removed (so a batch can be smaller than ``batch_size``) and recorded in
-    ``report``. ``keep_ids`` also records every good row's ``sample_id`` (exactly-once checks).
+
+def _fan_out_slots(raw: dict, index: SampleIndex, normalize: str, device) -> dict | None:
+    """Canvas rows -> per-sample tensors: each canvas normalised once, then gathered per slot."""
+    canvas, slot = raw["ok"].nonzero(as_tuple=True)
+    if canvas.numel() == 0:
+        return None
+    mask = padding_mask(raw["placed"].to(device, non_blocking=True), raw["image"].shape[-1])
+    images = normalize_images(raw["image"].to(device, non_blocking=True), mask, normalize)
+    rows = raw["sample_row"][canvas, slot].tolist()
+    at = canvas.to(device)
+    tokens = raw["tokens"][canvas, slot].to(device)
+    return dict(
+        image=images.index_select(0, at), pixel_mask=mask.index_select(0, at).to(torch.int64),
+        tokens=tokens, token_mask=(tokens > 0).to(torch.int64),  # official rule: id > 0
+        target=raw["target"][canvas, slot].to(device),
+        sample_id=[index.sample_ids[r] for r in rows], expr_type=[index.expr_types[r] for r in rows],
+        image_id=[raw["image_id"][c] for c in canvas.tolist()],
+    )
+
+
+def _cat(a: dict | None, b: dict) -> dict:
+    if a is None:
+        return b
+    return {k: torch.cat([a[k], b[k]]) if torch.is_tensor(b[k]) else a[k] + b[k] for k in b}
+
+
+def _take(batch: dict, start: int, stop: int) -> dict:
+    return {k: v[start:stop] for k, v in batch.items()}
+
+
+def iter_model_batches(source: Any, index: SampleIndex, *, batch_size: int,
+                       normalize: str = "imagenet", device: torch.device | str = "cpu",
+                       drop_last: bool = False, shuffle_buffer: int | None = None,
+                       seed: int | None = None, report: StreamReport | None = None,
+                       keep_ids: bool = False, canvases_per_fetch: int | None = None) -> Iterator[dict]:
+    """Model batches (see :mod:`clipvg.engine.steps`) from a Dataset or DataIterator shard of
+    canvas rows: exactly ``batch_size`` samples each, except a smaller last one (dropped with
+    ``drop_last``). Failed slots are left out and recorded in ``report``; ``keep_ids`` also
+    records every good sample's id (exactly-once checks). ``index``: :meth:`StreamPlan.index`.
     """
     report = report if report is not None else StreamReport()
     if keep_ids and report.sample_ids is None:
         report.sample_ids = []
-    for raw in source.iter_torch_batches(batch_size=batch_size, collate_fn=_ToTorch(),
-                                         drop_last=drop_last, local_shuffle_buffer_size=shuffle_buffer,
+    carry = None
+    fetch = canvases_per_fetch or batch_size
+    for raw in source.iter_torch_batches(batch_size=fetch, collate_fn=CanvasBatches(),
+                                         local_shuffle_buffer_size=shuffle_buffer,
                                          local_shuffle_seed=seed):
-        batch = _drop_failed(raw, report)
-        if batch is None:
+        _record_failures(raw, index, report)
+        samples = _fan_out_slots(raw, index, normalize, device)
+        if samples is None:
             continue
-        report.rows += len(batch["sample_id"])
-        if keep_ids:
-            report.sample_ids.extend(batch["sample_id"])
-        tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-        yield dict(
-            image=normalize_images(tensors["image"], tensors["pixel_mask"], normalize),
-            pixel_mask=tensors["pixel_mask"].to(torch.int64), tokens=tensors["tokens"],
-            token_mask=tensors["token_mask"], target=tensors["target"],
-            sample_id=batch["sample_id"], image_id=batch["image_id"], expr_type=batch["expr_type"],
-        )
+        carry = _cat(carry, samples)
+        while len(carry["sample_id"]) >= batch_size:
+            yield _account(_take(carry, 0, batch_size), report, keep_ids)
+            carry = _take(carry, batch_size, len(carry["sample_id"]))
+    if carry is not None and len(carry["sample_id"]) and not drop_last:
+        yield _account(carry, report, keep_ids)
 
 
-def _drop_failed(batch: dict, report: StreamReport) -> dict | None:
-    errors = batch["error"]
-    bad = [i for i, e in enumerate(errors) if e]
-    if not bad:
-        return batch
-    report.failed += [(batch["sample_id"][i], batch["image_id"][i], errors[i]) for i in bad]
-    keep = [i for i, e in enumerate(errors) if not e]
-    if not keep:
-        return None
-    index = torch.tensor(keep)
-    return {k: (v.index_select(0, index) if torch.is_tensor(v) else [v[i] for i in keep])
-            for k, v in batch.items()}
+def _account(batch: dict, report: StreamReport, keep_ids: bool) -> dict:
+    report.rows += len(batch["sample_id"])
+    if keep_ids:
+        report.sample_ids.extend(batch["sample_id"])
+    return batch
 
 
 def split_for_consumers(ds: "ray.data.Dataset", n: int) -> list:

@@ -110,3 +110,48 @@ def teardown_module(module):
     for p in mem.ls("/", detail=False):
         if posixpath.basename(p).startswith(("rt-", "atomic-")):
             mem.rm(p, recursive=True)
+
+
+def test_storage_options_from_config_and_s3_region(monkeypatch):
+    from clipvg.config import StorageConfig
+
+    cfg = StorageConfig(endpoint_url="http://127.0.0.1:9", region="eu-west-1")
+    assert storage.options_from_config(cfg) == {"endpoint_url": "http://127.0.0.1:9", "region": "eu-west-1"}
+    fs, _ = storage.filesystem("s3://b/k", **storage.options_from_config(cfg))
+    assert fs.client_kwargs["region_name"] == "eu-west-1"
+    local, _ = storage.filesystem("/tmp/x", region="eu-west-1", profile="p")  # dropped off S3
+    assert storage.is_local(local)
+
+
+def test_gs_without_gcsfs_names_the_package(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_gcsfs(name, *args, **kwargs):
+        if name.startswith("gcsfs"):
+            raise ImportError("No module named 'gcsfs'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gcsfs)
+    with pytest.raises(ImportError, match="pip install gcsfs"):
+        storage.filesystem("gs://bucket/data")
+
+
+def test_table_schema_and_has_values_read_footers_only(tmp_path):
+    uri = str(tmp_path / "t")
+    storage.write_table(pa.table({"a": [1, 2], "bytes": pa.array([None, None], pa.binary())}), uri)
+    assert storage.table_schema(uri).names == ["a", "bytes"]
+    assert not storage.has_values(uri, "bytes") and storage.has_values(uri, "a")
+    assert not storage.has_values(uri, "missing")
+    storage.write_table(pa.table({"a": [3], "bytes": [b"x"]}), uri, part="part-00001.parquet", mode="add")
+    assert storage.has_values(uri, "bytes")
+
+
+def test_pyarrow_filesystem_reads_the_same_table_as_fsspec(s3, tmp_path):
+    import pyarrow.parquet as pq
+
+    for uri, options in ((storage.join(s3.uri("pafs"), "t"), s3.options), (str(tmp_path / "t"), {})):
+        storage.write_table(pa.table({"a": [1, 2, 3]}), uri, **options)
+        fs, path = storage.pyarrow_filesystem(uri, **options)
+        assert pq.read_table(path, filesystem=fs).column("a").to_pylist() == [1, 2, 3]

@@ -34,7 +34,8 @@ def world(tmp_path_factory):
 def stream(plan, spec, batch_size=5, **kw):
     report = st.StreamReport()
     batches = list(st.iter_model_batches(st.build_dataset(plan, spec, num_cpus=0.5, **kw),
-                                         batch_size=batch_size, report=report, keep_ids=True))
+                                         plan.index(), batch_size=batch_size, report=report,
+                                         keep_ids=True))
     return batches, report
 
 
@@ -47,7 +48,7 @@ def by_id(batches) -> dict[str, dict]:
 
 
 def test_eval_stream_matches_the_per_sample_local_path(ray_local, world):
-    plan = st.plan_split(world, "val")
+    plan = st.plan_split(world, "val", EVAL)
     batches, report = stream(plan, EVAL)
     rows = by_id(batches)
     local = GroundingDataset(world, "val")
@@ -64,22 +65,23 @@ def test_eval_stream_matches_the_per_sample_local_path(ray_local, world):
 
 
 def test_per_sample_decoding_gives_the_same_rows_as_fan_out(ray_local, world):
-    fan = by_id(stream(st.plan_split(world, "val"), EVAL)[0])
-    per = by_id(stream(st.plan_split(world, "val", per_sample=True), EVAL)[0])
+    fan = by_id(stream(st.plan_split(world, "val", EVAL), EVAL)[0])
+    per = by_id(stream(st.plan_split(world, "val", EVAL, per_sample=True), EVAL)[0])
     assert fan.keys() == per.keys()
     for sid in fan:
         assert all(torch.equal(fan[sid][k], per[sid][k]) for k in fan[sid])
 
 
 def test_two_consumers_see_every_eval_row_exactly_once(ray_local, world):
-    plan = st.plan_split(world, "val")
+    plan = st.plan_split(world, "val", EVAL)
     assert plan.num_samples % 2 == 1 or plan.num_samples % 3  # rows do not divide evenly
     ds = st.build_dataset(plan, EVAL, num_cpus=0.5, groups_per_block=2, groups_per_call=1)
     shards = st.split_for_consumers(ds, 2)
     reports = [st.StreamReport(), st.StreamReport()]
 
     def consume(k):
-        for _ in st.iter_model_batches(shards[k], batch_size=4, report=reports[k], keep_ids=True):
+        for _ in st.iter_model_batches(shards[k], plan.index(), batch_size=4, report=reports[k],
+                                       keep_ids=True):
             pass
 
     threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
@@ -94,7 +96,7 @@ def test_two_consumers_see_every_eval_row_exactly_once(ray_local, world):
 
 
 def test_check_complete_catches_a_lost_row(ray_local, world):
-    plan = st.plan_split(world, "val")
+    plan = st.plan_split(world, "val", EVAL)
     ids = plan.samples.column("sample_id").to_pylist()
     st.check_complete(plan, [st.StreamReport(rows=len(ids), sample_ids=list(ids))])
     with pytest.raises(RuntimeError, match="expected"):
@@ -104,7 +106,7 @@ def test_check_complete_catches_a_lost_row(ray_local, world):
 
 
 def test_train_augmentation_is_reproducible_per_sample_and_changes_with_epoch(ray_local, world):
-    plan = st.plan_split(world, "train")
+    plan = st.plan_split(world, "train", TRAIN)
     a = by_id(stream(plan, TRAIN, batch_size=8)[0])
     b = by_id(stream(plan, TRAIN, batch_size=3)[0])  # other batching, other order
     c = by_id(stream(plan, FanOutSpec(**{**TRAIN.__dict__, "epoch": 1}), batch_size=8)[0])
@@ -120,9 +122,9 @@ def test_packed_images_stream_like_files(ray_local, tmp_path):
     write_world(packed, WORLD, seed=4, embed_images=True)
     assert storage.has_values(storage.join(packed, "images"), "bytes")
     assert not storage.has_values(storage.join(files, "images"), "bytes")
-    plan = st.plan_split(packed, "val")
+    plan = st.plan_split(packed, "val", EVAL)
     assert plan.packed_parts
-    got, want = by_id(stream(plan, EVAL)[0]), by_id(stream(st.plan_split(files, "val"), EVAL)[0])
+    got, want = by_id(stream(plan, EVAL)[0]), by_id(stream(st.plan_split(files, "val", EVAL), EVAL)[0])
     assert got.keys() == want.keys()
     assert all(torch.equal(got[s]["image"], want[s]["image"]) for s in got)
 
@@ -130,7 +132,7 @@ def test_packed_images_stream_like_files(ray_local, tmp_path):
 def test_world_on_s3_streams_back_and_a_deleted_object_is_reported(ray_local, s3):
     uri = s3.uri("stream")
     write_world(uri, WORLD, seed=6, **s3.options)
-    plan = st.plan_split(uri, "val", **s3.options)
+    plan = st.plan_split(uri, "val", EVAL, **s3.options)
     images = storage.read_table(storage.join(uri, "images"), **s3.options)
     victim = plan.inputs.column("image_id")[0].as_py()
     rel = dict(zip(images.column("image_id").to_pylist(), images.column("uri").to_pylist()))[victim]
@@ -151,7 +153,7 @@ def test_an_image_missing_from_the_images_table_is_reported(ray_local, tmp_path)
     images = storage.read_table(storage.join(uri, "images"))
     dropped = images.column("image_id")[images.num_rows - 1].as_py()  # a test-split image
     storage.write_table(images.slice(0, images.num_rows - 1), storage.join(uri, "images"))
-    plan = st.plan_split(uri, "test")
+    plan = st.plan_split(uri, "test", EVAL)
     assert plan.unknown_images == [dropped]
     _, report = stream(plan, EVAL)
     assert report.failed and {f[1] for f in report.failed} == {dropped}
@@ -162,12 +164,3 @@ def test_an_image_missing_from_the_images_table_is_reported(ray_local, tmp_path)
 def test_plan_refuses_an_unknown_split(tmp_path, world):
     with pytest.raises(KeyError, match="nope"):
         st.plan_split(world, "nope")
-
-
-def test_pyarrow_filesystem_reads_the_same_table_as_fsspec(s3):
-    uri = storage.join(s3.uri("pafs"), "t")
-    storage.write_table(pa.table({"a": [1, 2, 3]}), uri, **s3.options)
-    fs, path = storage.pyarrow_filesystem(uri, **s3.options)
-    import pyarrow.parquet as pq
-
-    assert pq.read_table(path, filesystem=fs).column("a").to_pylist() == [1, 2, 3]

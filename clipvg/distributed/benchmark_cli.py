@@ -1,0 +1,158 @@
+"""``clipvg benchmark data``: streaming throughput per CPU core (JSON + a Markdown line).
+
+Example::
+
+    clipvg benchmark data --out runs/bench                 # local disk + S3 (moto on loopback)
+    clipvg benchmark data --s3 none --images 300           # local disk only
+
+What is measured and how: :mod:`clipvg.distributed.bench_data`. Ray is started locally on
+127.0.0.1 with ``--cpus`` CPUs for the decode tasks (default 1: on a 2-core machine the other
+core runs the consumer, as a trainer's host would), unless ``--address`` names a cluster.
+Results go to ``<out>/benchmark-data.json`` and one line per run is appended to
+``<out>/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["data"], help="which benchmark")
+    parser.add_argument("--out", default="runs/bench", help="folder for the results")
+    parser.add_argument("--images", type=int, default=400, help="images in the benchmark world")
+    parser.add_argument("--per-image", type=int, default=7, help="expressions per image (RefCOCO: 7)")
+    parser.add_argument("--cpus", type=int, default=1, help="CPUs given to Ray's decode tasks")
+    parser.add_argument("--epochs", type=int, default=1, help="passes per measurement (best counts)")
+    parser.add_argument("--s3", default="moto",
+                        help="'moto' (a local S3 server on 127.0.0.1), 'none', or an s3:// URI")
+    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for --s3 URI")
+    parser.add_argument("--address", default=None, help="a running Ray cluster (default: local)")
+
+
+def _start_moto():
+    """A moto S3 server on a free loopback port (the benchmark's stand-in for object storage)."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        os.environ.setdefault(key, value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint  # Ray workers inherit it (set before ray.init)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="clipvg-bench")
+    return server, "s3://clipvg-bench/world", {"endpoint_url": endpoint}
+
+
+def _init_ray(args) -> None:
+    import ray
+
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, loopback-only instance
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+# (name, per_sample, train, materialize); object storage gets the first two only
+CASES = [("fan_out_eval", False, False, False), ("per_sample_eval", True, False, False),
+         ("fan_out_eval_cpu_batches", False, False, True),
+         ("fan_out_train_cpu_batches", False, True, True),
+         ("per_sample_train_cpu_batches", True, True, True)]
+
+
+def _measure(uri: str, args, options: dict, cases) -> dict:
+    from clipvg.distributed.bench_data import stream_rate
+
+    out = {}
+    for name, per_sample, train, materialize in cases:
+        out[name] = stream_rate(uri, per_sample=per_sample, train=train, cpus=args.cpus,
+                                materialize=materialize, epochs=args.epochs, **options)
+        print(f"  {name:30s} {out[name]['samples_per_s_per_core']:8.1f} samples/s per core", flush=True)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipvg.distributed.bench_data import BenchWorld, pil_ceiling, write_bench_world
+
+    if min(args.images, args.per_image, args.cpus, args.epochs) < 1:
+        print("clipvg benchmark: error: --images, --per-image, --cpus, --epochs must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)  # the consumer gets one core; torch's pool would fight the workers
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = BenchWorld(images=args.images, per_image=args.per_image)
+    stores = {"local": (str(out / f"world-{args.images}x{args.per_image}"), {})}
+    server = None
+    if args.s3 == "moto":
+        server, uri, options = _start_moto()
+        stores["s3"] = (uri, options)
+    elif args.s3 != "none":
+        stores["s3"] = (args.s3, {"endpoint_url": args.endpoint_url} if args.endpoint_url else {})
+    for uri, options in stores.values():
+        write_bench_world(uri, world, **options)
+    ceiling = pil_ceiling(stores["local"][0])
+    print(f"PIL decode+resize ceiling: {ceiling['images_per_s']:.1f} images/s on one core", flush=True)
+    _init_ray(args)
+    from clipvg.distributed.bench_data import stream_rate
+
+    stream_rate(stores["local"][0], per_sample=False, train=False, cpus=args.cpus, epochs=1,
+                materialize=False)  # warm-up: starts Ray's workers and their imports
+    results = {}
+    try:
+        for store, (uri, options) in stores.items():
+            print(f"{store}: {uri}", flush=True)
+            results[store] = _measure(uri, args, options, CASES if store == "local" else CASES[:2])
+    finally:
+        if server is not None:
+            server.stop()
+    report = _report(args, world, ceiling, results)
+    (out / "benchmark-data.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out / "benchmarks.md", "a") as f:
+        f.write(report["markdown"] + "\n")
+    print(report["markdown"])
+    return 0
+
+
+def _report(args, world, ceiling: dict, results: dict) -> dict:
+    ceiling_samples = ceiling["images_per_s"] * world.per_image
+    local = results["local"]
+    fan, per = local["fan_out_eval"]["samples_per_s_per_core"], local["per_sample_eval"]["samples_per_s_per_core"]
+    summary = dict(
+        fan_out_vs_per_sample=fan / per, fan_out_vs_ceiling=fan / ceiling_samples,
+        ceiling_samples_per_s_per_core=ceiling_samples,
+    )
+    if "s3" in results:
+        s3 = results["s3"]
+        summary["s3_fan_out_vs_per_sample"] = (s3["fan_out_eval"]["samples_per_s_per_core"]
+                                               / s3["per_sample_eval"]["samples_per_s_per_core"])
+    line = (f"| {time.strftime('%Y-%m-%d')} | data | {platform.node()} ({os.cpu_count()} cores, "
+            f"Ray CPUs {args.cpus}) | {world.images} img x {world.per_image} expr, "
+            f"{world.width}x{world.height} JPEG | fan-out {fan:.0f} vs per-sample {per:.0f} samples/s/core "
+            f"({summary['fan_out_vs_per_sample']:.1f}x); ceiling {ceiling_samples:.0f} "
+            f"({100 * summary['fan_out_vs_ceiling']:.0f}% reached) |")
+    return dict(benchmark="data", world=world.__dict__, cpus=args.cpus, ceiling=ceiling,
+                results=results, summary=summary, markdown=line,
+                machine=dict(node=platform.node(), cores=os.cpu_count()))

@@ -1,0 +1,17 @@
+"""``ray job submit`` entry point for the benchmarks: runs ``clipvg benchmark`` on the cluster.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python ray_jobs/benchmark.py data --out runs/bench --s3 s3://bucket/bench-world
+
+It joins the cluster the job runs on (``--address auto``) instead of starting a local Ray.
+"""
+
+import sys
+
+from clipvg.cli import main
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--address" not in args:
+        args += ["--address", "auto"]
+    sys.exit(main(["benchmark", *args]))
