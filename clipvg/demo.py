@@ -30,7 +30,8 @@ def prediction_examples(cfg: Config, checkpoint: str | Path, n: int = 12) -> lis
 
     model = load_model(checkpoint).eval()
     split = cfg.data.test_splits[0]
-    dataset = GroundingDataset(ensure_dataset(cfg), split, SampleTransform(cfg.data, cfg.model.image_size, train=False),
+    transform = SampleTransform(cfg.data, cfg.model.image_size, train=False)
+    dataset = GroundingDataset(ensure_dataset(cfg), split, transform,
                                official_boxes=cfg.data.box_int_truncation)
     items = []
     for index in range(min(n, len(dataset))):

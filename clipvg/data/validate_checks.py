@@ -78,11 +78,6 @@ class ImageOutcome(NamedTuple):
     detail: str = ""
 
 
-def _resolve(root: str, rel: str) -> str:
-    """Image URIs are relative to the dataset root unless absolute or with a scheme."""
-    return rel if "://" in rel or rel.startswith("/") else storage.join(root, rel)
-
-
 def _decode(f, where: str, decode: bool) -> ImageOutcome:
     try:
         with Image.open(f) as im:
@@ -102,7 +97,7 @@ def _open_image(image_id: str, rel: str | None, data: bytes | None, root: str, d
     if rel is None:
         return ImageOutcome(reason="missing_image",
                             detail=f"image {image_id!r} has neither uri nor bytes")
-    where = _resolve(root, rel)
+    where = storage.resolve(root, rel)
     fs, path = storage.filesystem(where, **storage_options)
     try:
         f = fs.open(path, "rb")

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=400, help="images in the benchmark world")
     parser.add_argument("--per-image", type=int, default=7, help="expressions per image (RefCOCO: 7)")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs given to Ray's decode tasks")
-    parser.add_argument("--epochs", type=int, default=1, help="passes per measurement (best counts)")
+    parser.add_argument("--epochs", type=int, default=3, help="passes per measurement (best counts)")
     parser.add_argument("--s3", default="moto",
                         help="'moto' (a local S3 server on 127.0.0.1), 'none', or an s3:// URI")
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for --s3 URI")

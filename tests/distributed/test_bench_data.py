@@ -1,0 +1,36 @@
+"""The data benchmark runs end to end on a tiny world (numbers are not checked here: speed is
+measured by `clipvg benchmark data`, never by tests)."""
+
+import argparse
+
+from clipvg.cli import main
+from clipvg.data import storage
+from clipvg.distributed import bench_data
+from clipvg.distributed.benchmark_cli import _report
+
+
+def test_bench_world_has_the_asked_shape_and_every_mode_streams_every_sample(ray_local, tmp_path):
+    uri = str(tmp_path / "w")
+    world = bench_data.BenchWorld(images=5, per_image=3, width=64, height=48)
+    manifest = bench_data.write_bench_world(uri, world)
+    assert manifest["validation"]["accepted"] == 15 and manifest["validation"]["quarantined"] == 0
+    images = storage.read_table(storage.join(uri, "images"))
+    assert set(images.column("width").to_pylist()) == {64} and images.num_rows == 5
+    ceiling = bench_data.pil_ceiling(uri, repeats=1)
+    assert ceiling["images"] == 5 and ceiling["images_per_s"] > 0
+    results = {}
+    for name, per_sample, train, materialize in [("fan_out_eval", False, False, False),
+                                                 ("per_sample_eval", True, False, False),
+                                                 ("fan_out_train_cpu_batches", False, True, True)]:
+        r = bench_data.stream_rate(uri, per_sample=per_sample, train=train, cpus=2,
+                                   materialize=materialize, epochs=1, batch_size=4)
+        assert r["samples"] == 15 and len(r["pass_seconds"]) == 1
+        results[name] = r
+    args = argparse.Namespace(cpus=2)
+    report = _report(args, world, ceiling, {"local": results})
+    assert report["summary"]["fan_out_vs_per_sample"] > 0 and report["markdown"].startswith("| ")
+
+
+def test_benchmark_cli_refuses_bad_numbers(capsys):
+    assert main(["benchmark", "data", "--images", "0", "--s3", "none"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
