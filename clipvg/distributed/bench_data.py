@@ -55,7 +55,7 @@ def _image(rng: np.random.Generator, w: int, h: int, quality: int) -> bytes:
     im = Image.fromarray(pixels)
     draw = ImageDraw.Draw(im)
     for _ in range(6):
-        x0, y0 = rng.integers(0, w - 60), rng.integers(0, h - 60)
+        x0, y0 = rng.integers(0, max(1, w - 60)), rng.integers(0, max(1, h - 60))
         draw.ellipse([x0, y0, x0 + rng.integers(20, 200), y0 + rng.integers(20, 200)],
                      fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
     buf = io.BytesIO()
@@ -75,7 +75,8 @@ def write_bench_world(uri: str, world: BenchWorld, **storage_options) -> dict:
                            height=world.height))
         for k in range(world.per_image):
             x0, y0 = rng.uniform(0, world.width * 0.6), rng.uniform(0, world.height * 0.6)
-            box = [x0, y0, x0 + rng.uniform(30, world.width * 0.4), y0 + rng.uniform(30, world.height * 0.4)]
+            box = [x0, y0, x0 + rng.uniform(0.05, 0.4) * world.width,
+                   y0 + rng.uniform(0.05, 0.4) * world.height]
             text = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9))))
             samples.append(dict(sample_id=f"{image_id}-{k}", image_id=image_id, text=text,
                                 box=box, source="gt", split="val", dataset="bench"))
