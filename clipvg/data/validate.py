@@ -276,7 +276,10 @@ def ingest(root: str, samples: pa.Table, images: pa.Table, *, manifest: dict,
         if name in SPECS:  # known tables get canonical types (list<double> box -> float32)
             table = conform(table, SPECS[name])
         storage.write_table(table, at(name), **so)
-    out = dict(manifest, validation=report.as_dict())
+    # the policy the dataset was accepted under; `clipvg validate` re-applies it by default
+    policy = dict(max_text_tokens=check.get("max_text_tokens", 75),
+                  drop_duplicates=check.get("drop_duplicates", True))
+    out = dict(manifest, validation=report.as_dict(), validation_options=policy)
     out.setdefault("counts", _split_counts(accepted))
     out.setdefault("tables", ["samples", "images", "quarantine", *extra_tables])
     storage.write_json(out, manifest_uri, **so)
@@ -307,12 +310,18 @@ def validate_dataset(root: str, *, apply: bool = True,
     if not storage.exists(manifest_uri, **so):
         raise DatasetNotFoundError(f"no dataset at {root}: manifest.json is missing (not a "
                                    "dataset, or one still being written)")
+    manifest = storage.read_json(manifest_uri, **so)
+    # options not given (None) follow the policy the dataset was ingested under, e.g. an
+    # official import keeps repeated rows, so re-validating it must not quarantine them
+    for key, value in (manifest.get("validation_options") or {}).items():
+        if check.get(key) is None:
+            check[key] = value
+    check = {k: v for k, v in check.items() if v is not None}
     samples = storage.read_table(storage.join(root, "samples"), **so)
     images = storage.read_table(storage.join(root, "images"), **so)
     accepted, quarantine, _, report = check_samples(samples, images, root, **check, **so)
     if not apply or not report.quarantined:
         return report
-    manifest = storage.read_json(manifest_uri, **so)
     storage.remove(manifest_uri, **so)
     where = storage.join(root, "quarantine")
     storage.write_table(quarantine, where, part=_next_part(where, so), mode="add", **so)

@@ -20,10 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint")
     parser.add_argument("--check-only", action="store_true",
                         help="report only; change nothing")
-    parser.add_argument("--max-text-tokens", type=int, default=75,
-                        help="most CLIP BPE tokens per text (75 fit CLIP's context of 77)")
-    parser.add_argument("--keep-duplicates", action="store_true",
-                        help="accept rows repeating an earlier (image, split, text, box)")
+    parser.add_argument("--max-text-tokens", type=int, default=None,
+                        help="most CLIP BPE tokens per text (default: the dataset's ingest "
+                             "policy, else 75, what fits CLIP's context of 77)")
+    dupes = parser.add_mutually_exclusive_group()
+    dupes.add_argument("--keep-duplicates", dest="drop_duplicates", action="store_const",
+                       const=False, help="accept rows repeating an earlier (image, split, text, box)")
+    dupes.add_argument("--drop-duplicates", dest="drop_duplicates", action="store_const",
+                       const=True, help="quarantine them (default: the dataset's ingest policy; "
+                                        "official imports keep them, other datasets drop them)")
     parser.add_argument("--no-decode", action="store_true",
                         help="read image headers only (fast; corrupt pixel data passes)")
     parser.add_argument("--threads", type=int, default=8, help="images opened in parallel")
@@ -33,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from clipvg.data.schema import SchemaError  # heavy imports only when the command runs
     from clipvg.data.validate import validate_dataset
 
-    if args.max_text_tokens < 1 or args.threads < 1:
+    if (args.max_text_tokens is not None and args.max_text_tokens < 1) or args.threads < 1:
         print("clipvg validate: error: --max-text-tokens and --threads must be >= 1",
               file=sys.stderr)
         return 2
     try:
         report = validate_dataset(
             args.uri, apply=not args.check_only, max_text_tokens=args.max_text_tokens,
-            decode_images=not args.no_decode, drop_duplicates=not args.keep_duplicates,
+            decode_images=not args.no_decode, drop_duplicates=args.drop_duplicates,
             threads=args.threads, endpoint_url=args.endpoint_url)
     except (FileNotFoundError, SchemaError) as exc:  # DatasetNotFoundError, a missing table
         line = " ".join(part.strip() for part in str(exc).splitlines())  # schema errors: 1 line

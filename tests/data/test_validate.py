@@ -455,3 +455,16 @@ def test_cli_validate_no_dataset_is_a_usage_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no dataset at" in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_revalidation_follows_the_duplicate_policy_the_dataset_was_ingested_with(tmp_path):
+    root = str(tmp_path / "d")
+    images = write_images(root, {"img0": encoded()})
+    rows = [row(0), row(1, text="the red square number 0")]  # row 1 repeats row 0's content
+    v.ingest(root, samples_table(rows), images, manifest={"kind": "t"}, drop_duplicates=False)
+    assert storage.read_json(storage.join(root, "manifest.json"))["validation_options"] == {
+        "max_text_tokens": 75, "drop_duplicates": False}
+    assert v.validate_dataset(root).quarantined == 0  # kept, as at ingest
+    report = v.validate_dataset(root, drop_duplicates=True)  # asked for explicitly
+    assert report.reasons == {"duplicate_sample": 1}
+    assert storage.read_table(storage.join(root, "samples")).num_rows == 1
