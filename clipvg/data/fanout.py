@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import torch
 from PIL import Image
 
 from clipvg.config import AugmentConfig, Config
@@ -169,8 +170,7 @@ def padding_mask(placed, size: int):
     """Inverse of :func:`placement` for a batch: (B, 4) -> (B, S, S) bool, True = padding.
     Works on numpy arrays and torch tensors (on their device)."""
     top, left, height, width = (placed[:, i, None] for i in range(4))
-    lib = np if isinstance(placed, np.ndarray) else __import__("torch")
-    pos = lib.arange(size) if lib is np else lib.arange(size, device=placed.device)
+    pos = np.arange(size) if isinstance(placed, np.ndarray) else torch.arange(size, device=placed.device)
     in_rows = (pos >= top) & (pos < top + height)  # (B, S)
     in_cols = (pos >= left) & (pos < left + width)
     return ~(in_rows[:, :, None] & in_cols[:, None, :])
