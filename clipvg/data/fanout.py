@@ -72,8 +72,8 @@ class GroupRows:
     texts: list[str]
     boxes: np.ndarray  # (N, 4) float32 x0,y0,x1,y1 in original pixels (truncated if configured)
     expr_types: list[str]
-    tokens: np.ndarray | None = None  # (N, L) int64, from tokenize_texts (None: tokenize here)
-    text_errors: list[str] | None = None  # "" or why the text could not be tokenized
+    tokens: np.ndarray  # (N, L) int64, from tokenize_texts (the plan tokenizes once per run)
+    text_errors: list[str]  # "" or why the text could not be tokenized
 
 
 def loader_boxes(samples: pa.Table, int_truncation: bool) -> np.ndarray:
@@ -114,26 +114,28 @@ def tokenize_texts(texts: list[str], spec: FanOutSpec, chunk: int = 512) -> tupl
 def group_samples(samples: pa.Table, key: str, int_truncation: bool) -> dict[str, GroupRows]:
     """Group sample rows by ``key`` ("image_id" for fan-out, "sample_id" for per-sample).
 
-    Optional columns ``tokens`` (list of L ints) and ``text_error`` (from
-    :func:`tokenize_texts`) are carried into the groups.
+    The table needs the columns ``tokens`` (L ints) and ``text_error`` of
+    :func:`tokenize_texts` (added by the streaming plan), so workers never tokenize.
     """
+    missing = {"tokens", "text_error"} - set(samples.column_names)
+    if missing:
+        raise ValueError(f"samples lack {sorted(missing)}: tokenize them first (tokenize_texts, "
+                         "or clipvg.distributed.streaming.plan_split)")
     boxes = loader_boxes(samples, int_truncation)
     ids = samples.column("sample_id").to_pylist()
     texts = samples.column("text").to_pylist()
     keys = samples.column(key).to_pylist()
     types = (samples.column("expr_type").to_pylist() if "expr_type" in samples.column_names
              else [None] * len(ids))
-    tokens = (np.asarray(samples.column("tokens").combine_chunks().flatten(), np.int64).reshape(len(ids), -1)
-              if "tokens" in samples.column_names else None)
-    text_errors = samples.column("text_error").to_pylist() if "text_error" in samples.column_names else None
+    tokens = np.asarray(samples.column("tokens").combine_chunks().flatten(), np.int64).reshape(len(ids), -1)
+    text_errors = samples.column("text_error").to_pylist()
     members: dict[str, list[int]] = {}
     for row, k in enumerate(keys):
         members.setdefault(k, []).append(row)
     return {
         k: GroupRows(rows, [ids[r] for r in rows], [texts[r] for r in rows], boxes[rows],
-                     [types[r] or "unknown" for r in rows],
-                     None if tokens is None else tokens[rows],
-                     None if text_errors is None else [text_errors[r] for r in rows])
+                     [types[r] or "unknown" for r in rows], tokens[rows],
+                     [text_errors[r] for r in rows])
         for k, rows in members.items()
     }
 
@@ -176,26 +178,6 @@ def padding_mask(placed, size: int):
     return ~(in_rows[:, :, None] & in_cols[:, None, :])
 
 
-def _fill_slot(out: dict, r: int, k: int, rows: GroupRows, j: int, spec: FanOutSpec, target) -> str:
-    """Put sample j of the group in slot k of canvas row r; returns "" or why it failed."""
-    out["sample_row"][r, k] = rows.rows[j]
-    try:
-        if rows.text_errors is not None and rows.text_errors[j]:
-            raise ValueError(rows.text_errors[j])
-        if rows.tokens is not None:
-            out["tokens"][r, k] = rows.tokens[j]
-        else:
-            ids, errors = tokenize_texts([rows.texts[j]], spec)
-            if errors[0]:
-                raise ValueError(errors[0])
-            out["tokens"][r, k] = ids[0]
-        out["target"][r, k] = target() if callable(target) else target
-    except ValueError as exc:  # empty / too long text (overflow=error), invalid box
-        return f"{k}\t{exc}"
-    out["ok"][r, k] = True
-    return ""
-
-
 def _eval_rows(image: Image.Image, rows: GroupRows, spec: FanOutSpec, image_id: str) -> dict:
     """One canvas row for the whole group: letterboxed once, K slots."""
     if len(rows.rows) > spec.slots:
@@ -204,12 +186,7 @@ def _eval_rows(image: Image.Image, rows: GroupRows, spec: FanOutSpec, image_id: 
     canvas = eval_canvas(image, spec.size)
     out["image"][0], out["placed"][0] = canvas.image, placement(canvas.pixel_mask)
     out["image_id"][0] = image_id
-    if rows.tokens is None or rows.text_errors is None:  # not planned: slot by slot
-        errors = [_fill_slot(out, 0, k, rows, k, spec, lambda box=box: canvas.target(box))
-                  for k, box in enumerate(rows.boxes)]
-        out["error"][0] = "\n".join(e for e in errors if e)
-        return out
-    n = len(rows.rows)  # planned (the streaming path): all slots at once
+    n = len(rows.rows)  # all slots at once
     targets, box_ok = canvas.targets(rows.boxes)
     text_ok = np.array([not e for e in rows.text_errors])
     out["sample_row"][0, :n] = rows.rows
@@ -229,15 +206,19 @@ def _train_rows(image: Image.Image, rows: GroupRows, spec: FanOutSpec, image_id:
     for r, (row, sid, box, text) in enumerate(zip(rows.rows, rows.sample_ids, rows.boxes, rows.texts)):
         out["image_id"][r] = image_id
         rng = random.Random(f"{spec.seed}:{spec.epoch}:{sid}")  # str seeds are stable across processes
+        out["sample_row"][r, 0] = row
+        if rows.text_errors[r]:
+            out["error"][r] = f"0\t{rows.text_errors[r]}"
+            continue
         try:
             sample = train_transform(image, box, prepare_text(text, spec.prompt_template), rng,
                                      spec.augment, size=spec.size, raw=True)
-        except ValueError as exc:
-            out["sample_row"][r, 0] = row
+        except ValueError as exc:  # an invalid box
             out["error"][r] = f"0\t{type(exc).__name__}: {exc}"
             continue
         out["image"][r], out["placed"][r] = sample.image.numpy(), placement(sample.pixel_mask.numpy())
-        out["error"][r] = _fill_slot(out, r, 0, rows, r, spec, sample.box.numpy())
+        out["target"][r, 0], out["tokens"][r, 0] = sample.box.numpy(), rows.tokens[r]
+        out["ok"][r, 0] = True
     return out
 
 

@@ -62,7 +62,16 @@ class StreamPlan:
     per_sample: bool
     unknown_images: list[str] = field(default_factory=list)  # referenced, not in the images table
     text_key: tuple = ()  # (context length, prompt template, overflow) the texts were tokenized with
+    image_columns: tuple = ("image_id",)  # columns of the images table a worker reads (+ bytes)
     storage_options: dict = field(default_factory=dict)
+    _samples_ref: Any = field(default=None, repr=False)
+
+    def samples_ref(self) -> "ray.ObjectRef":
+        """The samples in the object store, put once per plan: every epoch's dataset shares
+        it, so workers group the rows once per run, not once per epoch."""
+        if self._samples_ref is None:
+            self._samples_ref = ray.put(self.samples)
+        return self._samples_ref
 
     @property
     def num_samples(self) -> int:
@@ -118,6 +127,8 @@ def plan_split(root: str, split: str, spec: FanOutSpec | None = None, *, per_sam
                       images.column("uri").to_pylist() if "uri" in columns else [None] * images.num_rows))
     packed = (storage.list_parts(images_uri, **storage_options)
               if storage.has_values(images_uri, "bytes", **storage_options) else [])
+    if packed and per_sample:
+        raise ValueError("per-sample decoding reads image files; this dataset packs its images")
     image_ids = samples.column("image_id").to_pylist()
     if not per_sample:
         image_ids = list(dict.fromkeys(image_ids))  # one input row per distinct image
@@ -125,11 +136,10 @@ def plan_split(root: str, split: str, spec: FanOutSpec | None = None, *, per_sam
                        "uri": pa.array([uri_of.get(i) for i in image_ids], pa.string())})
     if per_sample:
         inputs = inputs.append_column("sample_id", samples.column("sample_id"))
-    if packed and per_sample:
-        raise ValueError("per-sample decoding reads image files; this dataset packs its images")
     unknown = sorted({i for i in image_ids if i not in uri_of})
-    return StreamPlan(root, split, samples, inputs, packed, per_sample, unknown, _text_key(spec),
-                      dict(storage_options))
+    return StreamPlan(root, split, samples, inputs, packed, per_sample, unknown_images=unknown,
+                      text_key=_text_key(spec), image_columns=tuple(columns),
+                      storage_options=dict(storage_options))
 
 
 def _text_key(spec: FanOutSpec) -> tuple:
@@ -197,7 +207,7 @@ def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = 
     image (or a sample with ``per_sample``); a block of groups is one Ray task, sized to about
     ``canvases_per_block`` canvas rows (128 at 224 px = 19 MB) unless ``groups_per_block`` is
     given, and decoded a quarter block (``groups_per_call``) at a time. Small blocks cost: tasks
-    of 8 images streamed at 60% of the rate of tasks of 64 (measured, 1 CPU).
+    of 8 images streamed at ~60% of the rate of tasks of 64 (measured, 1 CPU).
     """
     if _text_key(spec) != plan.text_key:
         raise ValueError(f"the plan tokenized its texts for (context, template, overflow) = "
@@ -208,7 +218,6 @@ def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = 
     groups_per_block = groups_per_block or max(1, round(canvases_per_block / canvases_per_group))
     groups_per_call = groups_per_call or max(1, groups_per_block // 4)
     spec = dataclasses.replace(spec, slots=slots)
-    samples_ref = ray.put(plan.samples)
     inputs = plan.inputs
     if spec.train:
         order = np.random.default_rng([spec.seed, spec.epoch]).permutation(inputs.num_rows)
@@ -221,7 +230,7 @@ def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = 
     return ds.map_batches(
         _decode_batch, batch_size=groups_per_call, num_cpus=num_cpus, concurrency=concurrency,
         batch_format="numpy", zero_copy_batch=True,
-        fn_kwargs=dict(spec=spec, samples=[samples_ref], key=key, int_truncation=int_truncation,
+        fn_kwargs=dict(spec=spec, samples=[plan.samples_ref()], key=key, int_truncation=int_truncation,
                        root=plan.root, storage_options=plan.storage_options),
     )
 
@@ -230,12 +239,9 @@ def _packed_inputs(plan: StreamPlan, inputs: pa.Table) -> "ray.data.Dataset":
     """Packed images: Ray Data reads the shards (only this split's rows); images the table
     lacks become inputs of their own so their samples are reported, not lost."""
     fs, _ = storage.pyarrow_filesystem(plan.root, **plan.storage_options)
-    paths = [storage.filesystem(p, **plan.storage_options)[1] if "://" in p else p
-             for p in plan.packed_parts]
-    schema = storage.table_schema(storage.join(plan.root, "images"), **plan.storage_options)
-    columns = ["image_id", "bytes"] + (["uri"] if "uri" in schema.names else [])
+    columns = [*plan.image_columns, "bytes"]
     wanted = inputs.column("image_id").to_pylist()
-    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns).filter(
+    ds = ray.data.read_parquet(plan.packed_parts, filesystem=fs).select_columns(columns).filter(
         expr=ray.data.expressions.col("image_id").is_in(wanted))
     unknown = plan.unknown_images
     if unknown:  # same columns as the shards, so blocks concatenate

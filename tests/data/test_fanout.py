@@ -30,6 +30,13 @@ def samples(boxes, texts, box_trunc=None) -> pa.Table:
     return pa.table(cols)
 
 
+def planned(t: pa.Table) -> pa.Table:
+    """Add the plan's columns (tokens, text_error), as streaming.plan_split does."""
+    ids, errors = tokenize_texts(t.column("text").to_pylist(), SPEC)
+    t = t.append_column("tokens", pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), 8))
+    return t.append_column("text_error", pa.array(errors))
+
+
 def test_loader_boxes_prefer_the_official_integer_box():
     t = samples([[0.6, 1.5, 1.2, 3.9]], ["x"])
     assert loader_boxes(t, False).tolist() == [[pytest.approx(0.6), 1.5, pytest.approx(1.2), pytest.approx(3.9)]]
@@ -59,10 +66,7 @@ def test_eval_canvas_targets_equal_the_per_sample_transform_row_by_row():
 
 
 def test_an_eval_group_is_one_canvas_row_with_a_slot_per_expression():
-    t = samples([[1, 1, 10, 10], [2, 2, 20, 20], [5, 5, 6, 6]], ["left one", "", "right"])
-    t = t.append_column("tokens", pa.FixedSizeListArray.from_arrays(
-        pa.array(tokenize_texts(t.column("text").to_pylist(), SPEC)[0].reshape(-1)), 8))
-    t = t.append_column("text_error", pa.array(tokenize_texts(t.column("text").to_pylist(), SPEC)[1]))
+    t = planned(samples([[1, 1, 10, 10], [2, 2, 20, 20], [5, 5, 6, 6]], ["left one", "", "right"]))
     groups = group_samples(t, "image_id", False)
     assert groups["a"].rows == [0, 2] and groups["b"].rows == [1]
     row = fan_out(decode(png()), groups["a"], SPEC, "a")
@@ -76,7 +80,9 @@ def test_an_eval_group_is_one_canvas_row_with_a_slot_per_expression():
 
 
 def test_a_failed_image_reports_every_sample_of_its_group():
-    t = samples([[1, 1, 10, 10], [2, 2, 20, 20], [5, 5, 6, 6]], ["a", "b", "c"])
+    t = planned(samples([[1, 1, 10, 10], [2, 2, 20, 20], [5, 5, 6, 6]], ["a", "b", "c"]))
+    with pytest.raises(ValueError, match="tokenize them first"):
+        group_samples(samples([[1, 1, 10, 10]], ["a"]), "image_id", False)
     group = group_samples(t, "image_id", False)["a"]
     row = fan_out(None, group, SPEC, "a", failure="s3://x/a.jpg: FileNotFoundError")
     assert row["sample_row"].tolist() == [[0, 2, -1]] and not row["ok"].any()
