@@ -120,7 +120,14 @@ class TrainConfig:
     seed: int = 13
     log_every: int = 10  # steps
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke runs)
+    # true = continue the run storage.root/run_name from its last checkpoint (an error if it has
+    # none); a rerun of the same run name continues from its last checkpoint either way
     resume: bool = False
+    # Compute dtype of the frozen towers: "auto" = bf16 autocast on GPU, fp32 on CPU;
+    # "fp16-frozen" = the official policy (frozen tower weights stored fp16). Trainable parts
+    # always stay fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16-frozen"] = "auto"
+    max_failures: int = 3  # Ray Train restarts of the worker group (from the last checkpoint)
 
 
 @dataclass
@@ -144,6 +151,7 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    data_cpus: float = 1.0  # CPUs per Ray Data decode task (fractional on small machines)
 
 
 @dataclass
@@ -298,6 +306,8 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (ModelConfig, "context_length"): (lambda v: v >= 3, "must be >= 3"),
     (ScalingConfig, "num_workers"): (lambda v: v >= 1, "must be >= 1"),
     (ScalingConfig, "cpus_per_worker"): (lambda v: v > 0, "must be > 0"),
+    (ScalingConfig, "data_cpus"): (lambda v: v > 0, "must be > 0"),
+    (TrainConfig, "max_failures"): (lambda v: v >= -1, "must be >= -1 (-1 = retry forever)"),
     (CurriculumConfig, "h0"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (CurriculumConfig, "thresholds"): (lambda v: bool(v) and all(0 <= h < 1 for h in v), "must be non-empty, each in [0, 1)"),
 }
