@@ -15,6 +15,7 @@ import sys
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("clipvg.data.synthetic_cli", "write the synthetic grounding world to a URI"),
+    "train": ("clipvg.distributed.trainer", "train CLIP-VG on Ray Train (DDP workers, checkpoints on storage)"),
     "train-local": ("clipvg.engine.local", "train CLIP-VG in this process (no Ray)"),
     "predict": ("clipvg.predict", "predict the box of an expression in an image"),
     "convert-official": ("clipvg.model.convert_cli", "convert an official CLIP-VG checkpoint"),

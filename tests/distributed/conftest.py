@@ -12,6 +12,8 @@ import secrets
 
 import pytest
 
+from tiny_train import TINY_TRAIN  # tests/tiny_train.py
+
 # Ray reads its auth mode when it is first imported (by the test modules, at collection), so
 # this has to happen at import time of this conftest, before them.
 os.environ["RAY_AUTH_MODE"] = "token"
@@ -32,3 +34,13 @@ def ray_local(s3, tmp_path_factory):
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """One synthetic world for every training test of the session (data.uri=...)."""
+    from clipvg.config import load_config
+    from clipvg.data.batching import ensure_dataset
+
+    root = tmp_path_factory.mktemp("tiny-world")
+    return ensure_dataset(load_config(None, [*TINY_TRAIN, f"storage.root={root}"]))
