@@ -1,9 +1,16 @@
-"""``clipvg benchmark data``: streaming throughput per CPU core (JSON + a Markdown line).
+"""``clipvg benchmark data|train``: streaming throughput per CPU core, or training-step
+throughput of the model on one device (JSON + a Markdown line each).
 
 Example::
 
     clipvg benchmark data --out runs/bench                 # local disk + S3 (moto on loopback)
     clipvg benchmark data --s3 none --images 300           # local disk only
+    clipvg benchmark train --out runs/bench                # ViT-B-16; CPU: batch 8, fp32
+    clipvg benchmark train --batch-sizes 64,128 --precision bf16,fp32 --compile off,on
+
+``train`` runs in this process, or in one Ray task (one GPU on a CUDA device) when
+``--address`` names a cluster; what it measures: :mod:`clipvg.distributed.bench_train`.
+Results go to ``<out>/benchmark-train.json`` plus one line in ``<out>/benchmarks.md``.
 
 What is measured and how: :mod:`clipvg.distributed.bench_data`. Ray is started locally on
 127.0.0.1 with ``--cpus`` CPUs for the decode tasks (default 1: on a 2-core machine the other
@@ -24,16 +31,32 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["data"], help="which benchmark")
+    parser.add_argument("what", choices=["data", "train"], help="which benchmark")
     parser.add_argument("--out", default="runs/bench", help="folder for the results")
     parser.add_argument("--images", type=int, default=400, help="images in the benchmark world")
     parser.add_argument("--per-image", type=int, default=7, help="expressions per image (RefCOCO: 7)")
-    parser.add_argument("--cpus", type=int, default=1, help="CPUs given to Ray's decode tasks")
+    parser.add_argument("--cpus", type=int, default=1,
+                        help="data: CPUs given to Ray's decode tasks; train with --address: "
+                             "CPUs (torch threads) of its Ray task")
     parser.add_argument("--epochs", type=int, default=3, help="passes per measurement (best counts)")
     parser.add_argument("--s3", default="moto",
                         help="'moto' (a local S3 server on 127.0.0.1), 'none', or an s3:// URI")
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for --s3 URI")
     parser.add_argument("--address", default=None, help="a running Ray cluster (default: local)")
+    train = parser.add_argument_group("train")
+    train.add_argument("--arch", default="ViT-B-16",
+                       help="open_clip model name, or an inline config {embed_dim, vision_cfg, text_cfg}")
+    train.add_argument("--image-size", type=int, default=None,
+                       help="canvas side (default: 224, or vision_cfg.image_size of an inline arch)")
+    train.add_argument("--batch-sizes", default=None, help="comma list (default: CPU 8, GPU 64,128)")
+    train.add_argument("--precision", default=None,
+                       help="comma list of auto/fp32/bf16/fp16-frozen (default: CPU fp32; GPU "
+                            "bf16, fp16-frozen, fp32)")
+    train.add_argument("--compile", default=None,
+                       help="comma list of off/on (default: off; GPU: bf16 also compiled)")
+    train.add_argument("--steps", type=int, default=None, help="timed steps per case (CPU 3, GPU 20)")
+    train.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, GPU 5)")
+    train.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
 
 
 def _start_moto():
@@ -95,6 +118,8 @@ def _measure(uri: str, args, options: dict, cases) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    if args.what == "train":
+        return run_train(args)
     from clipvg.distributed.bench_data import BenchWorld, pil_ceiling, write_bench_world
 
     if min(args.images, args.per_image, args.cpus, args.epochs) < 1:
@@ -181,3 +206,83 @@ def _report(args, world, ceiling: dict, results: dict, paired: list[float] | Non
     return dict(benchmark="data", world=world.__dict__, cpus=args.cpus, ceiling=ceiling,
                 results=results, summary=summary, markdown=line,
                 machine=dict(node=platform.node(), cores=os.cpu_count()))
+
+
+def _csv(value: str | None, cast=str) -> list | None:
+    return None if value is None else [cast(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def _train_setup(args, cuda_available: bool):
+    """(ModelConfig, cases, device, steps, warmup) from the ``train`` options; ValueError on bad
+    ones. ``--device auto`` is CUDA when ``cuda_available`` (here, or on the Ray cluster)."""
+    import dataclasses
+    import itertools
+
+    import torch
+    import yaml
+
+    from clipvg.config import ModelConfig
+    from clipvg.distributed import bench_train as bt
+    from clipvg.engine.precision import resolve_precision
+
+    if args.device == "auto":
+        device = "cuda" if cuda_available else "cpu"
+    else:
+        device = str(torch.device(args.device))  # RuntimeError on a bad name
+    gpu = torch.device(device).type == "cuda"
+    arch = yaml.safe_load(args.arch) if args.arch.lstrip().startswith("{") else args.arch
+    cfg = ModelConfig(arch=arch)
+    if isinstance(arch, dict):
+        cfg = dataclasses.replace(cfg, image_size=arch.get("vision_cfg", {}).get("image_size", 224),
+                                  context_length=arch.get("text_cfg", {}).get("context_length", 77))
+    if args.image_size:
+        cfg = dataclasses.replace(cfg, image_size=args.image_size)
+    defaults = bt.GPU_DEFAULTS if gpu else bt.CPU_DEFAULTS
+    sizes = _csv(args.batch_sizes, int)
+    if args.precision is None and args.compile is None:
+        cases = bt.default_cases(device, sizes)
+    else:
+        precisions = [resolve_precision(p, device) for p in _csv(args.precision) or ["auto"]]
+        compiles = _csv(args.compile) or ["off"]
+        if set(compiles) - {"on", "off"}:
+            raise ValueError(f"--compile takes on/off, got {args.compile!r}")
+        cases = [bt.TrainCase(b, p, c == "on") for b, p, c in itertools.product(
+            sizes or defaults["batch_sizes"], dict.fromkeys(precisions), compiles)]
+    steps = defaults["steps"] if args.steps is None else args.steps
+    warmup = defaults["warmup"] if args.warmup is None else args.warmup
+    if steps < 1 or warmup < 0 or min(c.batch_size for c in cases) < 1:
+        raise ValueError("--steps and --batch-sizes must be >= 1, --warmup >= 0")
+    return cfg, cases, device, steps, warmup
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipvg.distributed import bench_train as bt
+
+    cuda = torch.cuda.is_available()
+    if args.address:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=args.address, log_to_driver=True)
+        cuda = ray.cluster_resources().get("GPU", 0) > 0  # the task runs where the GPUs are
+    try:
+        cfg, cases, device, steps, warmup = _train_setup(args, cuda)
+    except (ValueError, RuntimeError) as err:
+        print(f"clipvg benchmark: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"train step, {cfg.arch if isinstance(cfg.arch, str) else 'inline arch'} on {device}: "
+          f"{len(cases)} case(s), {warmup} warm-up + {steps} timed steps each", flush=True)
+    if args.address:
+        report = bt.run_on_ray(cfg, cases, device, steps, warmup, cpus=args.cpus)
+    else:
+        report = bt.run_benchmark(cfg, cases, device, steps, warmup)
+    report["markdown"] = bt.markdown_line(report)
+    (out / "benchmark-train.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out / "benchmarks.md", "a") as f:
+        f.write(report["markdown"] + "\n")
+    print(report["markdown"])
+    return 0

@@ -17,6 +17,7 @@ CLIP state_dict, so a CLIP weights file loads directly (minus the removed keys).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from pathlib import Path
@@ -106,7 +107,13 @@ class CLIPBackbone(nn.Module):
 
     Attributes mirror an open_clip ``CLIP`` (``visual``, ``transformer``, ``token_embedding``,
     ``positional_embedding``, ``ln_final``, ``text_projection``) so weight files load by name.
+
+    ``autocast_dtype``: None (default) runs the towers in their weights' own dtypes; a dtype runs
+    both towers under ``torch.autocast`` of the input's device type (set by
+    :func:`clipvg.engine.precision.apply_precision`; the outputs are float32 either way).
     """
+
+    autocast_dtype: torch.dtype | None = None  # a class default: old pickles/instances lack it
 
     def __init__(self, clip: open_clip.CLIP, taps: list[int] | None = None):
         super().__init__()
@@ -161,6 +168,13 @@ class CLIPBackbone(nn.Module):
         return p.out_features if isinstance(p, nn.Linear) else p.shape[1]
 
     # ---------------------------------------------------------------- forward
+    def _autocast(self, x: Tensor):
+        """Autocast around one tower when ``autocast_dtype`` is set (the device type comes from
+        the input, so the module itself holds no device)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=self.autocast_dtype)
+
     def _blocks(self, transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
                 keep: set[int]) -> tuple[Tensor, list[Tensor]]:
         """Run ``transformer.resblocks`` on batch-first ``x``, returning outputs of ``keep``."""
@@ -184,12 +198,13 @@ class CLIPBackbone(nn.Module):
             ``[CLS, patches in raster order]``, float32.
         """
         v = self.visual
-        x = v.conv1(image.to(v.conv1.weight.dtype))  # (B, Wv, G, G)
-        x = x.flatten(2).transpose(1, 2)  # (B, G*G, Wv)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        x = v.ln_pre(x)
-        _, taps = self._blocks(v.transformer, x, None, set(self.taps))
+        with self._autocast(image):
+            x = v.conv1(image.to(v.conv1.weight.dtype))  # (B, Wv, G, G)
+            x = x.flatten(2).transpose(1, 2)  # (B, G*G, Wv)
+            cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+            x = v.ln_pre(x)
+            _, taps = self._blocks(v.transformer, x, None, set(self.taps))
         return [t.float() for t in taps]
 
     def encode_image_multilevel(self, image: Tensor) -> Tensor:
@@ -207,13 +222,14 @@ class CLIPBackbone(nn.Module):
         """
         L = tokens.shape[1]
         dtype = self.transformer.get_cast_dtype()
-        x = self.token_embedding(tokens).to(dtype) + self.positional_embedding[:L].to(dtype)
-        mask = None if self.attn_mask is None else self.attn_mask[:L, :L].to(dtype)
-        x, _ = self._blocks(self.transformer, x, mask, set())
-        x = self.ln_final(x)
-        p = self.text_projection
-        if p is not None:
-            x = p(x) if isinstance(p, nn.Linear) else x @ p
+        with self._autocast(tokens):
+            x = self.token_embedding(tokens).to(dtype) + self.positional_embedding[:L].to(dtype)
+            mask = None if self.attn_mask is None else self.attn_mask[:L, :L].to(dtype)
+            x, _ = self._blocks(self.transformer, x, mask, set())
+            x = self.ln_final(x)
+            p = self.text_projection
+            if p is not None:
+                x = p(x) if isinstance(p, nn.Linear) else x @ p
         return x.float()
 
     # ---------------------------------------------------------------- policy and weights
