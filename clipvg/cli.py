@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("clipvg.predict", "predict the box of an expression in an image"),
     "convert-official": ("clipvg.model.convert_cli", "convert an official CLIP-VG checkpoint"),
     "pretrain-towers": ("clipvg.pretrain.cli", "pre-train tiny CLIP towers on synthetic scenes"),
-    "benchmark": ("clipvg.distributed.benchmark_cli", "measure throughput (data streaming); JSON + Markdown"),
+    "benchmark": ("clipvg.distributed.benchmark_cli", "measure throughput (data streaming, training); JSON + Markdown"),
     "demo": ("clipvg.demo", "the embedded demo: synthetic world, training, report"),
     "validate": ("clipvg.data.validate_cli", "check a dataset's rows; quarantine bad ones"),
     "import-official": ("clipvg.data.official_cli", "import official CLIP-VG split files (.pth)"),

@@ -1,5 +1,7 @@
 """Overrides of a tiny Ray Train run, shared by the distributed tests and the golden curve."""
 
+from pathlib import Path
+
 
 # A tiny Ray Train run: 64-px world, 2-layer towers, fractional CPUs (2-core machine: whole-CPU
 # workers plus Ray Data tasks deadlock, see docs/platform notes).
@@ -14,3 +16,9 @@ TINY_TRAIN = [
     "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16", "train.lr=1e-3",
     "train.log_every=1", "scaling.cpus_per_worker=0.5", "scaling.data_cpus=0.5",
 ]
+
+# The fixed-seed run whose per-step loss and held-out accuracy are committed under tests/golden/
+# (tests/distributed/test_trainer.py compares a fresh run; the fault-tolerance test compares a
+# run that lost its node).
+GOLDEN = Path(__file__).parent / "golden" / "train_loss_tiny.json"
+GOLDEN_RUN = [*TINY_TRAIN, "train.epochs=3", "storage.run_name=golden"]

@@ -223,10 +223,12 @@ def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = 
         order = np.random.default_rng([spec.seed, spec.epoch]).permutation(inputs.num_rows)
         inputs = inputs.take(pa.array(order))
     if plan.packed_parts:
-        ds = _packed_inputs(plan, inputs)
+        ds = _packed_inputs(plan, inputs, num_cpus)
     else:
         blocks = [inputs.slice(i, groups_per_block) for i in range(0, inputs.num_rows, groups_per_block)]
-        ds = ray.data.from_arrow(blocks)
+        # from_blocks computes block metadata here; from_arrow runs a 1-CPU task per block,
+        # which never schedules next to a fractional-CPU train worker on a 1-CPU node
+        ds = ray.data.from_blocks(blocks)
     return ds.map_batches(
         _decode_batch, batch_size=groups_per_call, num_cpus=num_cpus, concurrency=concurrency,
         batch_format="numpy", zero_copy_batch=True,
@@ -235,19 +237,20 @@ def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = 
     )
 
 
-def _packed_inputs(plan: StreamPlan, inputs: pa.Table) -> "ray.data.Dataset":
+def _packed_inputs(plan: StreamPlan, inputs: pa.Table, num_cpus: float) -> "ray.data.Dataset":
     """Packed images: Ray Data reads the shards (only this split's rows); images the table
     lacks become inputs of their own so their samples are reported, not lost."""
     fs, _ = storage.pyarrow_filesystem(plan.root, **plan.storage_options)
     columns = [*plan.image_columns, "bytes"]
     wanted = inputs.column("image_id").to_pylist()
-    ds = ray.data.read_parquet(plan.packed_parts, filesystem=fs).select_columns(columns).filter(
-        expr=ray.data.expressions.col("image_id").is_in(wanted))
+    ds = ray.data.read_parquet(plan.packed_parts, filesystem=fs, ray_remote_args={"num_cpus": num_cpus})
+    ds = ds.select_columns(columns).filter(expr=ray.data.expressions.col("image_id").is_in(wanted),
+                                           num_cpus=num_cpus)
     unknown = plan.unknown_images
     if unknown:  # same columns as the shards, so blocks concatenate
-        ds = ds.union(ray.data.from_arrow(pa.table(
+        ds = ds.union(ray.data.from_blocks([pa.table(
             {c: pa.array(unknown if c == "image_id" else [None] * len(unknown),
-                         pa.binary() if c == "bytes" else pa.string()) for c in columns})))
+                         pa.binary() if c == "bytes" else pa.string()) for c in columns})]))
     return ds
 
 

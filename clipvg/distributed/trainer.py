@@ -49,17 +49,6 @@ def resolve_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, uri=data_uri))
 
 
-def latest_checkpoint(cfg: Config) -> str | None:
-    """The newest ``checkpoint_epoch*`` of the run (by epoch), or None."""
-    options = storage.options_from_config(cfg.storage)
-    fs, path = storage.filesystem(cfg.run_dir, **options)
-    if not fs.exists(path):
-        return None
-    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    done = [n for n in names if n.startswith("checkpoint_epoch") and fs.exists(f"{path}/{n}/state.json")]
-    return storage.join(cfg.run_dir, done[-1]) if done else None
-
-
 def plan_splits(cfg: Config) -> dict:
     """Stream plans of the train, validation and test splits (driver side, no image bytes)."""
     from clipvg.data.fanout import FanOutSpec
@@ -74,7 +63,7 @@ def plan_splits(cfg: Config) -> dict:
     return plans
 
 
-def build_trainer(cfg: Config, plans: dict, callbacks: list | None = None, resume_from: str | None = None):
+def build_trainer(cfg: Config, plans: dict, callbacks: list | None = None):
     """The ``TorchTrainer`` of a resolved config (see :func:`resolve_config`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -94,8 +83,7 @@ def build_trainer(cfg: Config, plans: dict, callbacks: list | None = None, resum
     )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": WorkerJob(cfg=cfg, plans=plans, storage_options=options,
-                                            resume_from=resume_from)},
+        train_loop_config={"job": WorkerJob(cfg=cfg, plans=plans, storage_options=options)},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker=resources),
         run_config=run,
@@ -108,8 +96,10 @@ def train(cfg: Config, callbacks: list | None = None) -> dict:
     # the same on every node) instead of Ray Train's per-run folder.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     cfg = resolve_config(cfg)
+    from clipvg.distributed.worker import latest_checkpoint
+
     options = storage.options_from_config(cfg.storage)
-    last = latest_checkpoint(cfg)
+    last = latest_checkpoint(cfg.run_dir, **options)
     if cfg.train.resume and last is None:
         raise ConfigError(f"train.resume=true but {cfg.run_dir} has no checkpoint to continue from")
     if last is not None:
@@ -117,7 +107,7 @@ def train(cfg: Config, callbacks: list | None = None) -> dict:
     plans = plan_splits(cfg)
     for split, plan in plans.items():
         print(f"{split}: {plan.num_samples} expressions on {plan.num_images} images")
-    result = build_trainer(cfg, plans, callbacks, resume_from=last).fit()
+    result = build_trainer(cfg, plans, callbacks).fit()
     if result.error is not None:
         raise result.error
     return storage.read_json(storage.join(cfg.run_dir, "history.json"), **options)

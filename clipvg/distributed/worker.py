@@ -38,6 +38,7 @@ from clipvg.engine.steps import build_optimizer, evaluate, lr_factor, train_step
 
 log = logging.getLogger("clipvg.train")
 BEST = "best"
+CHECKPOINT_PREFIX = "checkpoint_epoch"  # + 4-digit epoch: names sort by epoch
 
 
 @dataclass
@@ -47,9 +48,6 @@ class WorkerJob:
     cfg: Config  # resolved: absolute local paths, data.uri set
     plans: dict[str, StreamPlan]  # split -> plan (train, val and test splits), texts tokenized
     storage_options: dict
-    # the run's newest checkpoint found by the driver; Ray Train's own record of the run wins
-    # when it has one (it misses a checkpoint uploaded just before the driver was killed)
-    resume_from: str | None = None
 
 
 @dataclass
@@ -116,17 +114,30 @@ def _build(cfg: Config, ctx: Ctx):
     return model, raw_model, optimizer
 
 
+def latest_checkpoint(run_dir: str, **storage_options) -> str | None:
+    """The run's newest complete checkpoint (``state.json`` is written last), or None.
+
+    Read from storage rather than from ``ray.train.get_checkpoint()``: Ray records a checkpoint
+    only after the upload, so a worker, node or driver lost in between would otherwise restart
+    one epoch early (or from scratch)."""
+    fs, path = storage.filesystem(run_dir, **storage_options)
+    fs.invalidate_cache(path)  # s3fs caches listings; another process wrote the checkpoints
+    if not fs.exists(path):
+        return None
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    done = [n for n in names if n.startswith(CHECKPOINT_PREFIX) and fs.exists(f"{path}/{n}/state.json")]
+    return storage.join(run_dir, done[-1]) if done else None
+
+
 def _restore(raw_model, optimizer, ctx: Ctx, job: WorkerJob) -> TrainState:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and job.resume_from:
-        fs, path = storage.pyarrow_filesystem(job.resume_from, **job.storage_options)
-        checkpoint = ray.train.Checkpoint(path, filesystem=fs)
-    if checkpoint is None:
+    where = latest_checkpoint(job.cfg.run_dir, **job.storage_options)
+    if where is None:
         return TrainState(data_position={"epoch": 0, "step_in_epoch": 0})
-    with checkpoint.as_directory() as folder:
+    fs, path = storage.pyarrow_filesystem(where, **job.storage_options)
+    with ray.train.Checkpoint(path, filesystem=fs).as_directory() as folder:
         state = load_training_state(folder, raw_model, optimizer)
     if ctx.is_chief:
-        print(f"resuming from {checkpoint.path}: epoch {state.epoch} done, step {state.global_step}, "
+        print(f"resuming from {where}: epoch {state.epoch} done, step {state.global_step}, "
               f"best val Acc@0.5 {state.best_acc:.4f} (epoch {state.best_epoch})", flush=True)
     return state
 
@@ -296,7 +307,7 @@ def _report_epoch(cfg: Config, job: WorkerJob, raw_model, optimizer, state: Trai
         if improved:
             _publish_best(folder, cfg.run_dir, job.storage_options)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"checkpoint_epoch{record['epoch']:04d}")
+                         checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{record['epoch']:04d}")
 
 
 def _publish_best(folder: str, run_dir: str, storage_options: dict) -> None:

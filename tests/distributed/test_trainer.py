@@ -2,7 +2,6 @@
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,7 @@ from clipvg.distributed import trainer
 from clipvg.engine.checkpoint import read_state
 from clipvg.engine.run_log import read_metrics
 from clipvg.model import load_model
-from tiny_train import TINY_TRAIN
+from tiny_train import GOLDEN, GOLDEN_RUN, TINY_TRAIN
 
 
 def tiny(root, world, *extra):
@@ -30,15 +29,14 @@ def checkpoints(run_dir, **options):
     return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if "checkpoint_epoch" in p)
 
 
-GOLDEN = Path(__file__).parents[1] / "golden" / "train_loss_tiny.json"
-ONE_WORKER = ["train.epochs=3", "storage.run_name=one"]
 
 
 @pytest.fixture(scope="module")
 def one_worker(ray_local, tiny_world, tmp_path_factory):
     """A 3-epoch, 1-worker run with a fixed seed (also the golden loss curve's run)."""
     root = tmp_path_factory.mktemp("one")
-    return trainer.train(tiny(root, tiny_world, *ONE_WORKER)), root / "one"
+    cfg = load_config(None, [*GOLDEN_RUN, f"storage.root={root}", f"data.uri={tiny_world}"])
+    return trainer.train(cfg), root / "golden"
 
 
 def test_loss_curve_matches_the_golden_curve(one_worker):
@@ -48,13 +46,14 @@ def test_loss_curve_matches_the_golden_curve(one_worker):
     The tolerance allows for float reordering between machines (thread counts, SIMD width)
     over 36 steps; a change of loss, schedule, optimizer, data order or augmentation moves the
     curve by far more (e.g. lr x1.1 or one extra augmentation changes the losses by > 1e-2)."""
-    _, run_dir = one_worker
+    history, run_dir = one_worker
     losses = [r["loss"] for r in read_metrics(str(run_dir)) if r["kind"] == "step"]
     if os.environ.get("CLIPVG_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps({"overrides": [*TINY_TRAIN, *ONE_WORKER], "loss": losses}, indent=1) + "\n")
+        GOLDEN.write_text(json.dumps({"overrides": GOLDEN_RUN, "loss": losses,
+                                      "test_acc": history["test"]["test"]["acc"]}, indent=1) + "\n")
     golden = json.loads(GOLDEN.read_text())
-    assert golden["overrides"] == [*TINY_TRAIN, *ONE_WORKER], "the golden run's config changed: regenerate"
+    assert golden["overrides"] == GOLDEN_RUN, "the golden run's config changed: regenerate"
     assert len(losses) == len(golden["loss"])
     for step, (got, want) in enumerate(zip(losses, golden["loss"]), 1):
         assert got == pytest.approx(want, rel=2e-3, abs=1e-4), f"step {step}: loss {got} vs golden {want}"

@@ -1,0 +1,66 @@
+"""Run by test_fault_tolerance.py in a subprocess (it needs a Ray cluster of its own):
+a head and two worker nodes on 127.0.0.1 (``ray.cluster_utils.Cluster``) and one tiny training
+run whose worker's node is removed once epoch 1's checkpoint is on storage (epoch 2 under way).
+
+    python tests/distributed/fault_run.py OUT.json ROOT OVERRIDE...
+
+Writes ``{"history": ..., "at_kill": [checkpoints on storage when the node went], "killed": id}``.
+"""
+
+import json
+import sys
+import threading
+import time
+
+import ray
+from ray.cluster_utils import Cluster
+
+from clipvg.config import load_config
+from clipvg.data import storage
+from clipvg.distributed import trainer
+
+NODE = dict(num_cpus=1, object_store_memory=200 * 2**20, node_ip_address="127.0.0.1")
+
+
+def worker_node_id() -> str | None:
+    """Node of the live Ray Train worker (GCS actor table; no dashboard needed)."""
+    for actor in ray._private.state.actors().values():
+        if actor["ActorClassName"].endswith("RayTrainWorker") and actor["State"] == "ALIVE":
+            return actor["Address"]["NodeID"]
+    return None
+
+
+def kill_during_epoch_2(cluster: Cluster, run_dir: str, report: dict) -> None:
+    while not storage.exists(f"{run_dir}/checkpoint_epoch0001/state.json"):
+        time.sleep(0.1)
+    node_id = worker_node_id()
+    fs, path = storage.filesystem(run_dir)
+    report["at_kill"] = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path) if "checkpoint_epoch" in p)
+    for node in list(cluster.worker_nodes):
+        if node.node_id == node_id:
+            cluster.remove_node(node, allow_graceful=False)
+            report["killed"] = node_id
+
+
+def main(out: str, root: str, *overrides: str) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args=dict(NODE, num_cpus=0))
+    for _ in range(2):
+        cluster.add_node(**NODE)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    report: dict = {}
+    cfg = load_config(None, [f"storage.root={root}", *overrides])
+    killer = threading.Thread(target=kill_during_epoch_2, args=(cluster, cfg.run_dir, report))
+    killer.start()
+    start = time.time()
+    report["history"] = trainer.train(cfg)
+    killer.join()
+    report["seconds"] = time.time() - start
+    with open(out, "w") as f:
+        json.dump(report, f)
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
