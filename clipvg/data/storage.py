@@ -118,8 +118,17 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+def _fresh(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Forget cached listings around ``path``: s3fs answers exists/open from a folder listing
+    it cached earlier, so a file another process (a Ray worker) wrote since would be "missing"."""
+    if not is_local(fs):
+        fs.invalidate_cache(posixpath.dirname(path))
+        fs.invalidate_cache(path)
+
+
 def exists(uri: str, **storage_options: Any) -> bool:
     fs, path = filesystem(uri, **storage_options)
+    _fresh(fs, path)
     return fs.exists(path)
 
 
@@ -171,6 +180,7 @@ def write_bytes(data: bytes, uri: str, **storage_options: Any) -> None:
 
 def read_bytes(uri: str, **storage_options: Any) -> bytes:
     fs, path = filesystem(uri, **storage_options)
+    _fresh(fs, path)
     with fs.open(path, "rb") as f:
         return f.read()
 
@@ -193,6 +203,7 @@ def read_json(uri: str, **storage_options: Any) -> Any:
 def list_parts(uri: str, **storage_options: Any) -> list[str]:
     """Sorted paths of the visible ``*.parquet`` files in the folder ``uri`` (not recursive)."""
     fs, path = filesystem(uri, **storage_options)
+    _fresh(fs, path)
     return _parts(fs, path)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from clipvg.data import storage
+from clipvg.engine.run_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,42 +145,65 @@ def test_head_is_separate_from_the_in_process_ray(head, client, ray_local):
     assert "head-ok" in client.get_job_logs(job_id)
 
 
+def checkpoints_in(run_dir: str, options: dict) -> list[str]:
+    """The complete checkpoint folders of a run (state.json is written last)."""
+    fs, path = storage.filesystem(run_dir, **options)
+    fs.invalidate_cache()
+    if not fs.exists(path):
+        return []
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return [n for n in names if n.startswith("checkpoint_epoch") and fs.exists(f"{path}/{n}/state.json")]
+
+
 @pytest.mark.slow
-def test_train_job_on_the_cluster(head, client, s3):
-    """The acceptance test: `ray job submit ... python ray_jobs/train.py` trains with Ray Train
-    on the job's cluster and leaves checkpoints, metrics and the best model in object storage."""
+def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
+    """The acceptance tests: `ray job submit ... python ray_jobs/train.py` trains with Ray Train
+    on the job's cluster and leaves checkpoints, metrics and the best model in object storage;
+    the job's driver killed after its first checkpoint (``ray job stop``: SIGTERM, then SIGKILL)
+    and the same command submitted again continues from the last checkpoint: no epoch is
+    trained or reported twice."""
     root = s3.uri("job")
+    run_dir = storage.join(root, "job")
     overrides = [
-        "train.epochs=1", "train.max_steps_per_epoch=3",
+        "train.epochs=3", "train.max_steps_per_epoch=3", "train.log_every=1",
         "data.synth.train_images=40", "data.synth.val_images=8", "data.synth.test_images=8",
         "scaling.cpus_per_worker=0.5", "scaling.data_cpus=0.5",
         f"storage.root={root}", "storage.run_name=job",
         f"storage.endpoint_url={s3.endpoint_url}",  # no secret: keys come from the node env
     ]
-    entrypoint = shlex.join(["python", "ray_jobs/train.py", "--config", "configs/demo.yaml",
-                             *overrides])
+    entrypoint = shlex.join(["python", "ray_jobs/train.py", "--config", "configs/demo.yaml", *overrides])
     t0 = time.monotonic()
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO)})
-    status = wait(client, job_id, timeout=JOB_TIMEOUT_S)
-    log = client.get_job_logs(job_id)
-    print(f"\ntrain job: {status} in {time.monotonic() - t0:.1f} s\n{log[-3000:]}")
-    assert status == "SUCCEEDED", log[-6000:]
-    assert "val Acc@0.5" in log
-    assert "held-out" in log
-    assert "AWS_" not in repr(client.get_job_info(job_id).runtime_env)
+    first = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO)})
+    while not checkpoints_in(run_dir, s3.options):
+        status = str(client.get_job_status(first).value)
+        assert status not in TERMINAL, client.get_job_logs(first)[-6000:]
+        assert time.monotonic() - t0 < JOB_TIMEOUT_S, "no checkpoint in time"
+        time.sleep(0.2)
+    client.stop_job(first)
+    assert wait(client, first, timeout=120) == "STOPPED"
+    at_kill = checkpoints_in(run_dir, s3.options)
+    print(f"\nfirst job stopped after {time.monotonic() - t0:.1f} s with {at_kill}")
 
-    run_dir = storage.join(root, "job")
-    fs, path = storage.filesystem(run_dir, **s3.options)
-    fs.invalidate_cache()
-    entries = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["type"] for e in fs.ls(path, detail=True)}
-    names = sorted(entries)
-    # Ray Train's checkpoint folders (it also keeps a checkpoint_manager_snapshot.json there)
-    checkpoints = sorted(n for n, kind in entries.items()
-                         if n.startswith("checkpoint_") and kind == "directory")
-    assert checkpoints, f"no checkpoint_* folder under {run_dir}: {names}"
-    assert "metrics.jsonl" in names, names
-    last = f"{path}/{checkpoints[-1]}"
+    second = client.submit_job(entrypoint=entrypoint + " train.resume=true",
+                               runtime_env={"working_dir": str(REPO)})
+    status = wait(client, second, timeout=JOB_TIMEOUT_S)
+    log = client.get_job_logs(second)
+    print(f"second job: {status} after {time.monotonic() - t0:.1f} s in all\n{log[-3000:]}")
+    assert status == "SUCCEEDED", log[-6000:]
+    assert f"resuming from {run_dir}/{at_kill[-1]}" in log
+    assert "held-out" in log
+    assert "AWS_" not in repr(client.get_job_info(second).runtime_env)
+
+    history = storage.read_json(f"{run_dir}/history.json", **s3.options)
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    resumed_at = int(at_kill[-1][-4:])  # checkpoint_epochNNNN
+    for epoch in range(1, resumed_at + 1):
+        assert f"epoch {epoch}/3: train loss" not in log, f"epoch {epoch} was trained again"
+    records = read_metrics(run_dir, **s3.options)
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == list(range(1, 10))
+    last = f"{run_dir}/{checkpoints_in(run_dir, s3.options)[-1]}"
     for name in ("model.safetensors", "optimizer.pt", "state.json", "config.yaml"):
-        assert fs.exists(f"{last}/{name}"), f"{checkpoints[-1]} lacks {name}"
-    assert fs.exists(f"{path}/best/model.safetensors")
-    assert fs.size(f"{path}/best/model.safetensors") > 0
+        assert storage.exists(f"{last}/{name}", **s3.options), f"{last} lacks {name}"
+    assert storage.exists(f"{run_dir}/best/model.safetensors", **s3.options)
