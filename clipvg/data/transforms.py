@@ -25,16 +25,31 @@ from typing import Literal
 
 import numpy as np
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image, ImageEnhance, ImageFilter
 
 from clipvg.config import AugmentConfig
 
-NORM_STATS = {
+def _clip_stats() -> tuple[tuple, tuple]:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
+
+
+class _Stats(dict):
+    """name -> (mean, std). CLIP's statistics are read from open_clip on first use: importing
+    open_clip costs seconds (it pulls in torchvision), and Ray Data's decode workers, which
+    import this module, never need it."""
+
+    def __getitem__(self, name: str) -> tuple[tuple, tuple]:
+        value = super().__getitem__(name)
+        return value() if callable(value) else value
+
+
+NORM_STATS = _Stats({
     # Official CLIP-VG normalises with ImageNet statistics, not CLIP's (§1.5 step 5).
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)),
-}
+    "clip": _clip_stats,
+})
 SPATIAL_WORDS = ("left", "right", "top", "bottom", "middle")
 SHORT_SIDES = (400, 500, 600)  # resize-short-side choices before the random crop
 # Crop sizes act on the 400-600 px intermediate image, which is independent of the canvas size,

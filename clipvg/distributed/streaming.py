@@ -243,7 +243,7 @@ def _packed_inputs(plan: StreamPlan, inputs: pa.Table, num_cpus: float) -> "ray.
     fs, _ = storage.pyarrow_filesystem(plan.root, **plan.storage_options)
     columns = [*plan.image_columns, "bytes"]
     wanted = inputs.column("image_id").to_pylist()
-    ds = ray.data.read_parquet(plan.packed_parts, filesystem=fs, ray_remote_args={"num_cpus": num_cpus})
+    ds = ray.data.read_parquet(plan.packed_parts, filesystem=fs, num_cpus=num_cpus)
     ds = ds.select_columns(columns).filter(expr=ray.data.expressions.col("image_id").is_in(wanted),
                                            num_cpus=num_cpus)
     unknown = plan.unknown_images
