@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 demo: $(STAMP)
 	$(BIN)/clipvg demo --config configs/demo.yaml $(ARGS)
