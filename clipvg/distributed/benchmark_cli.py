@@ -86,12 +86,9 @@ def _start_moto():
 def _init_ray(args) -> None:
     import ray
 
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, loopback-only instance
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    from clipvg.distributed.local_ray import init_ray
+
+    init_ray(args.address, args.cpus, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -264,8 +261,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.address:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address=args.address, log_to_driver=True)
+        from clipvg.distributed.local_ray import init_ray
+
+        init_ray(args.address)
         cuda = ray.cluster_resources().get("GPU", 0) > 0  # the task runs where the GPUs are
     try:
         cfg, cases, device, steps, warmup = _train_setup(args, cuda)

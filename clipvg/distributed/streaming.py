@@ -65,6 +65,7 @@ class StreamPlan:
     image_columns: tuple = ("image_id",)  # columns of the images table a worker reads (+ bytes)
     storage_options: dict = field(default_factory=dict)
     _samples_ref: Any = field(default=None, repr=False)
+    _index: Any = field(default=None, repr=False)  # SampleIndex, built on first use
 
     def samples_ref(self) -> "ray.ObjectRef":
         """The samples in the object store, put once per plan: every epoch's dataset shares
@@ -88,10 +89,20 @@ class StreamPlan:
         return max(1, pc.max(counts).as_py() or 1)
 
     def index(self) -> "SampleIndex":
-        """What a consumer needs to name the slots it receives (small; ship it to workers)."""
-        types = (self.samples.column("expr_type").to_pylist() if "expr_type" in self.samples.column_names
-                 else [None] * self.num_samples)
-        return SampleIndex(self.samples.column("sample_id").to_pylist(), [t or "unknown" for t in types])
+        """What a consumer needs to name the slots it receives (small; ship it to workers).
+        Built once per plan: a trainer asks for it every epoch and every evaluation."""
+        if self._index is None:
+            types = (self.samples.column("expr_type").to_pylist() if "expr_type" in self.samples.column_names
+                     else [None] * self.num_samples)
+            self._index = SampleIndex(self.samples.column("sample_id").to_pylist(),
+                                      [t or "unknown" for t in types])
+        return self._index
+
+    def samples_per_input(self) -> np.ndarray:
+        """How many samples of the split each input row (image) carries, in ``inputs`` order."""
+        counts = pc.value_counts(self.samples.column("image_id")).flatten()
+        by_image = dict(zip(*(c.to_pylist() for c in counts)))
+        return np.array([by_image.get(i, 0) for i in self.inputs.column("image_id").to_pylist()])
 
 
 @dataclass(frozen=True)

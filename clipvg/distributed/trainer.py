@@ -113,21 +113,6 @@ def train(cfg: Config, callbacks: list | None = None) -> dict:
     return storage.read_json(storage.join(cfg.run_dir, "history.json"), **options)
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join ``address`` (or the job's cluster when run by ``ray job submit``), else start a
-    private Ray on 127.0.0.1 for this process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, loopback-only instance
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config (default: built-in defaults)")
     parser.add_argument("--address", default=None,
@@ -140,6 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config, args.overrides)
+    from clipvg.distributed.local_ray import init_ray
+
     init_ray(args.address, args.num_cpus)
     history = train(cfg)
     print(f"best epoch {history['best_epoch']} of {len(history['epochs'])}: "

@@ -16,11 +16,9 @@ import dataclasses
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow.compute as pc
 import ray
 import ray.train
 import ray.train.torch
@@ -48,6 +46,7 @@ class WorkerJob:
     cfg: Config  # resolved: absolute local paths, data.uri set
     plans: dict[str, StreamPlan]  # split -> plan (train, val and test splits), texts tokenized
     storage_options: dict
+    counts: dict = field(default_factory=dict)  # split -> samples per input row (worker cache)
 
 
 @dataclass
@@ -153,19 +152,20 @@ def _open_log(cfg: Config, job: WorkerJob, ctx: Ctx, state: TrainState):
                   resume_epoch=state.epoch if resumed else None)
 
 
-def _rank_plan(plan: StreamPlan, ctx: Ctx, *, seed: int, epoch: int, train: bool) -> tuple[StreamPlan, list[int]]:
-    """This rank's images of ``plan`` for ``epoch`` and every rank's sample count."""
-    counts_by_image = dict(zip(*(c.to_pylist() for c in pc.value_counts(
-        plan.samples.column("image_id")).flatten())))
-    image_ids = plan.inputs.column("image_id").to_pylist()
-    counts = np.array([counts_by_image.get(i, 0) for i in image_ids])
-    positions, per_rank = rank_images(counts, ctx.world, ctx.rank, seed=seed, epoch=epoch, shuffle=train)
+def _rank_plan(job: WorkerJob, split: str, ctx: Ctx, *, seed: int, epoch: int,
+               train: bool) -> tuple[StreamPlan, list[int]]:
+    """This rank's images of ``split`` for ``epoch`` and every rank's sample count."""
+    plan = job.plans[split]
+    if split not in job.counts:  # per worker process, once per run
+        job.counts[split] = plan.samples_per_input()
+    positions, per_rank = rank_images(job.counts[split], ctx.world, ctx.rank, seed=seed, epoch=epoch,
+                                      shuffle=train)
     return dataclasses.replace(plan, inputs=plan.inputs.take(positions)), per_rank
 
 
 def _stream(cfg: Config, job: WorkerJob, split: str, ctx: Ctx, *, epoch: int, train: bool,
             report: StreamReport, keep_ids: bool = False):
-    plan, per_rank = _rank_plan(job.plans[split], ctx, seed=cfg.train.seed, epoch=epoch, train=train)
+    plan, per_rank = _rank_plan(job, split, ctx, seed=cfg.train.seed, epoch=epoch, train=train)
     spec = FanOutSpec.from_config(cfg, train=train, epoch=epoch)
     batches = iter(())
     if plan.inputs.num_rows:

@@ -1,0 +1,21 @@
+"""Connecting a clipvg command to Ray: a cluster, the job's cluster, or a private local one."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_driver: bool = True) -> None:
+    """Join ``address`` (or the job's cluster when run by ``ray job submit``, which sets
+    ``RAY_ADDRESS``), else start a private Ray on 127.0.0.1 for this process (token auth off:
+    nothing else can reach it)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=log_to_driver)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=log_to_driver, configure_logging=False)
