@@ -16,7 +16,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("clipvg.data.synthetic_cli", "write the synthetic grounding world to a URI"),
     "train": ("clipvg.distributed.trainer", "train CLIP-VG on Ray Train (DDP workers, checkpoints on storage)"),
+    "pipeline": ("clipvg.distributed.pipeline", "the unsupervised method end to end: pseudo-labels, measurers, scoring, SSA/MSA with Ray Tune, report"),
     "train-local": ("clipvg.engine.local", "train CLIP-VG in this process (no Ray)"),
+    "score": ("clipvg.distributed.score_cli", "score pseudo-labels' reliability with a measurer (Ray Data actor pool)"),
     "predict": ("clipvg.predict", "predict the box of an expression in an image"),
     "convert-official": ("clipvg.model.convert_cli", "convert an official CLIP-VG checkpoint"),
     "pretrain-towers": ("clipvg.pretrain.cli", "pre-train tiny CLIP towers on synthetic scenes"),

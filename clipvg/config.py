@@ -54,6 +54,20 @@ class SynthConfig:
 
 
 @dataclass
+class PoolEntry:
+    """One part of a training pool: a samples table, kept whole or filtered by reliability.
+
+    A curriculum's subsets are *derived* from a scores table at train time, never copied:
+    ``{samples: <run>/pseudo/template, scores: <run>/scores/template-by-template, threshold: 0.3}``
+    trains on the template pseudo-labels whose reliability is > 0.3 (strict, as the official
+    ``*_refine_0_3`` files)."""
+
+    samples: str  # URI of a samples table (Parquet folder, samples schema)
+    scores: str | None = None  # URI of a scores table (sample_id, reliability); None = keep all
+    threshold: float | None = None  # keep reliability > threshold; needs scores
+
+
+@dataclass
 class DataConfig:
     """Where samples come from and how they are turned into model inputs."""
 
@@ -71,6 +85,9 @@ class DataConfig:
     # Synthetic world only: train on freshly generated images of the same world (a new stream
     # every epoch, as many samples as the fixed train split) instead of its fixed train split.
     fresh_train_images: bool = False
+    # Train on these samples (pseudo-label sources, reliability-filtered) instead of the
+    # dataset's train split; images still come from the dataset at ``uri``. Empty = the split.
+    train_pool: list[PoolEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -131,16 +148,49 @@ class TrainConfig:
 
 
 @dataclass
-class CurriculumConfig:
-    """Self-paced curriculum search (SSA / MSA). Used by the curriculum pipeline."""
+class ScoringConfig:
+    """Reliability scoring as batch inference: an actor pool of measurer replicas."""
 
+    actors: int = 1  # model replicas (Ray Data actor pool size)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0  # > 0: each replica on a GPU (fractions share one)
+    batch_size: int = 64  # canvases per model call
+    threads_per_actor: int = 1  # torch intra-op threads of a CPU replica
+
+
+@dataclass
+class CurriculumConfig:
+    """Self-paced curriculum (SSA / MSA) and its Ray Tune searches. Choices the paper left
+    unpublished ([UNVERIFIED] in the method doc) are options here; see docs/curriculum.md."""
+
+    sources: list[str] = field(default_factory=lambda: ["template", "relation", "caption"])
+    # pseudo-label generator options per source, e.g. {template: {top_n: 3, max_per_image: 6}}
+    generators: dict = field(default_factory=dict)
     thresholds: list[float] = field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(10)]
     )
+    # "grid": every threshold; "refine": the grid, then a finer grid (step/refine_steps)
+    # around the best one (coarse-to-fine)
+    search: Literal["grid", "refine"] = "grid"
+    refine_steps: int = 4
     h0: float = 0.5  # MSA's fixed threshold for measurer selection [UNVERIFIED in the paper]
-    sources: list[str] = field(default_factory=lambda: ["template", "relation", "caption"])
-    source_order: Literal["search", "greedy", "given"] = "given"
+    # "search": every order of the sources is a Tune trial; "greedy": at each step, the source
+    # whose best subset helps the pool most; "given": the order of ``sources``
+    source_order: Literal["search", "greedy", "given"] = "search"
     histogram_bins: int = 1000
+    # How a search trial trains: "ray_train" = a TorchTrainer inside the Tune trial (scaling.*
+    # workers, GPUs, DDP: clusters); "in_trial" = the trial process trains on CPU itself with
+    # the single-process engine (laptops and tiny models, where starting a TorchTrainer's
+    # controller and worker processes costs more than the training)
+    launcher: Literal["ray_train", "in_trial"] = "ray_train"
+    max_concurrent_trials: int = 2
+    cpus_per_trial: float = 0.1  # the Tune trial itself (ray_train: its TorchTrainer asks for the
+                                 # workers; in_trial: scaling.cpus_per_worker is added)
+    early_stopping: Literal["none", "asha"] = "none"  # asha: ray_train only (per-epoch reports)
+    asha_grace_epochs: int = 2
+    trial_epochs: int | None = None  # epochs of every search trial; None = train.epochs
+    final_epochs: int | None = None  # epochs of the final / baseline models; None = train.epochs
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
 
 @dataclass
@@ -309,6 +359,13 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (ScalingConfig, "data_cpus"): (lambda v: v > 0, "must be > 0"),
     (TrainConfig, "max_failures"): (lambda v: v >= -1, "must be >= -1 (-1 = retry forever)"),
     (CurriculumConfig, "h0"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    (CurriculumConfig, "max_concurrent_trials"): (lambda v: v >= 1, "must be >= 1"),
+    (CurriculumConfig, "cpus_per_trial"): (lambda v: v > 0, "must be > 0 (Ray Tune rejects 0)"),
+    (CurriculumConfig, "refine_steps"): (lambda v: v >= 2, "must be >= 2"),
+    (CurriculumConfig, "sources"): (lambda v: bool(v) and len(set(v)) == len(v), "must be non-empty and distinct"),
+    (ScoringConfig, "actors"): (lambda v: v >= 1, "must be >= 1"),
+    (ScoringConfig, "batch_size"): (lambda v: v >= 1, "must be >= 1"),
+    (PoolEntry, "threshold"): (lambda v: v is None or 0 <= v < 1, "must be in [0, 1) or null"),
     (CurriculumConfig, "thresholds"): (lambda v: bool(v) and all(0 <= h < 1 for h in v), "must be non-empty, each in [0, 1)"),
 }
 
@@ -318,6 +375,8 @@ def _check_values(obj: Any, where: str) -> None:
         rule = _RULES.get((type(obj), f.name))
         if rule and not rule[0](getattr(obj, f.name)):
             raise ConfigError(f"{_join(where, f.name)}: {getattr(obj, f.name)!r} {rule[1]}")
+    if isinstance(obj, PoolEntry) and obj.threshold is not None and obj.scores is None:
+        raise ConfigError(f"{_join(where, 'threshold')}: a threshold needs a scores table (scores: URI)")
     if isinstance(obj, SynthConfig) and obj.max_objects < obj.min_objects:
         raise ConfigError(f"{_join(where, 'max_objects')}: {obj.max_objects} < min_objects {obj.min_objects}")
 

@@ -21,8 +21,9 @@ from clipvg.viz import plot_prediction_grid, plot_training_curve
 
 
 @torch.no_grad()
-def prediction_examples(cfg: Config, checkpoint: str | Path, n: int = 12) -> list[dict]:
-    """Predicted and true boxes (original pixels) for the first ``n`` held-out samples."""
+def prediction_examples(cfg: Config, checkpoint: str | Path, n: int = 12, **storage_options) -> list[dict]:
+    """Predicted and true boxes (original pixels) for the first ``n`` held-out samples
+    (``checkpoint``: a local model folder; the dataset is ``data.uri`` or the synthetic world)."""
     from clipvg.data.dataset import GroundingDataset
     from clipvg.data.text import tokenize
     from clipvg.data.transforms import canvas_to_image_box
@@ -32,7 +33,7 @@ def prediction_examples(cfg: Config, checkpoint: str | Path, n: int = 12) -> lis
     split = cfg.data.test_splits[0]
     transform = SampleTransform(cfg.data, cfg.model.image_size, train=False)
     dataset = GroundingDataset(ensure_dataset(cfg), split, transform,
-                               official_boxes=cfg.data.box_int_truncation)
+                               official_boxes=cfg.data.box_int_truncation, **storage_options)
     items = []
     for index in range(min(n, len(dataset))):
         record = dataset.records[index]

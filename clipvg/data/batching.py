@@ -66,12 +66,19 @@ def collate(items: list[tuple], context_length: int = 77, overflow: str = "trunc
     }
 
 
-def build_loader(cfg: Config, uri: str, split: str, train: bool) -> DataLoader:
-    """A torch DataLoader over ``split`` of the dataset at ``uri``."""
+def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_options) -> DataLoader:
+    """A torch DataLoader over ``split`` of the dataset at ``uri`` (the train split: over
+    ``data.train_pool``'s selected samples when the config has a pool)."""
     from clipvg.data.dataset import GroundingDataset
 
     transform = SampleTransform(cfg.data, cfg.model.image_size, train, seed=cfg.train.seed)
-    dataset = GroundingDataset(uri, split, transform, official_boxes=cfg.data.box_int_truncation)
+    samples = None
+    if train and cfg.data.train_pool:
+        from clipvg.curriculum.selection import read_pool
+
+        samples = read_pool(cfg.data.train_pool, **storage_options)
+    dataset = GroundingDataset(uri, split, transform, official_boxes=cfg.data.box_int_truncation,
+                               samples=samples, **storage_options)
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {uri} has no samples")
     expr_types = {r.sample_id: r.expr_type for r in dataset.records}

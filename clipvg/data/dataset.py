@@ -51,6 +51,11 @@ def load_split(uri: str, split: str, **storage_options: Any) -> list[SampleRecor
     if rows.num_rows == 0:
         found = sorted(pc.unique(table.column("split")).to_pylist())
         raise KeyError(f"split {split!r} not found in {where}; splits there: {found}")
+    return records_from_table(rows)
+
+
+def records_from_table(rows: pa.Table) -> list[SampleRecord]:
+    """Sample records of a samples table's rows (any split; e.g. a curriculum's pool)."""
     boxes = np.asarray(rows.column("box").combine_chunks().flatten(), dtype=np.float32)
     boxes = boxes.reshape(-1, 4)
     expr = (rows.column("expr_type").to_pylist() if "expr_type" in rows.column_names
@@ -85,6 +90,7 @@ class GroundingDataset(Dataset):
         *,
         cache_size: int = 512,
         official_boxes: bool = False,
+        samples: pa.Table | None = None,
         **storage_options: Any,
     ) -> None:
         self.official_boxes = official_boxes
@@ -93,7 +99,9 @@ class GroundingDataset(Dataset):
         self.transform = transform
         self.cache_size = cache_size
         self.storage_options = storage_options
-        self.records = load_split(uri, split, **storage_options)
+        # ``samples``: these rows (e.g. a curriculum's training pool) instead of the split's
+        self.records = (load_split(uri, split, **storage_options) if samples is None
+                        else records_from_table(samples))
         self._images = self._load_images()
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
 

@@ -11,8 +11,17 @@ A dataset at a URI is a folder of tables (see ``docs/architecture.md``):
   absent as a column; each row needs at least one of them.
 * **quarantine** - rejected samples rows (any column may be null) with ``reason``, ``detail``
   and ``input_row``; written by :mod:`clipvg.data.validate`.
-* **detections** - the simulated detector output the pseudo-label generators start from:
-  ``image_id``, ``det_id``, ``box``, ``label``, ``color`` (nullable), ``score``.
+* **detections** - object-detector output the pseudo-label generators start from:
+  ``image_id``, ``det_id``, ``box``, ``label``, ``color`` (nullable), ``score``. A real
+  detector maps onto it with ``label`` = the class name and ``color`` = the attribute with the
+  highest confidence if that confidence is > 0.3, else null (the synthetic world's attribute
+  is a colour, hence the name).
+* **triplets** - scene-graph output (e.g. RelTR): ``image_id``, ``triplet_id``, ``subject``,
+  ``subject_box``, ``predicate``, ``object``, ``object_box``, ``subject_score``,
+  ``predicate_score``, ``object_score`` (each the best class probability, in [0, 1]).
+* **captions** - image-captioner output: ``image_id``, ``caption_id``, ``caption``, ``score``.
+
+All boxes are x0, y0, x1, y1 float32 pixels of the original image (see ``docs/pseudo.md``).
 
 Extra columns are allowed everywhere (e.g. ``split`` in the images table), so later stages can
 carry their own bookkeeping without a schema change.
@@ -59,6 +68,30 @@ DETECTIONS_SCHEMA = pa.schema(
         pa.field("box", BOX_TYPE, nullable=False),
         pa.field("label", pa.string(), nullable=False),
         pa.field("color", pa.string(), nullable=True),
+        pa.field("score", pa.float32(), nullable=False),
+    ]
+)
+
+TRIPLETS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("triplet_id", pa.string(), nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("subject_box", BOX_TYPE, nullable=False),
+        pa.field("predicate", pa.string(), nullable=False),
+        pa.field("object", pa.string(), nullable=False),
+        pa.field("object_box", BOX_TYPE, nullable=False),
+        pa.field("subject_score", pa.float32(), nullable=False),
+        pa.field("predicate_score", pa.float32(), nullable=False),
+        pa.field("object_score", pa.float32(), nullable=False),
+    ]
+)
+
+CAPTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("caption_id", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
     ]
 )
@@ -129,12 +162,21 @@ def _expr_type_problems(table: pa.Table) -> list[tuple[int, str, str]]:
     ]
 
 
-def _score_problems(table: pa.Table) -> list[tuple[int, str, str]]:
+def _score_problems(table: pa.Table, column: str = "score") -> list[tuple[int, str, str]]:
+    """Scores (probabilities) must lie in [0, 1]."""
     return [
-        (row, "score", f"must be in [0, 1], got {v}")
-        for row, v in enumerate(table.column("score").to_pylist())
+        (row, column, f"must be in [0, 1], got {v}")
+        for row, v in enumerate(table.column(column).to_pylist())
         if v is not None and not 0.0 <= v <= 1.0
     ]
+
+
+def _triplet_problems(table: pa.Table) -> list[tuple[int, str, str]]:
+    """Both boxes well formed, the three scores in [0, 1]."""
+    problems = _box_problems(table, "subject_box") + _box_problems(table, "object_box")
+    for column in ("subject_score", "predicate_score", "object_score"):
+        problems += _score_problems(table, column)
+    return problems
 
 
 SAMPLES = TableSpec(
@@ -183,7 +225,14 @@ def _reason_problems(table: pa.Table) -> list[tuple[int, str, str]]:
 QUARANTINE = TableSpec(
     "quarantine", QUARANTINE_SCHEMA, optional=frozenset({"expr_type"}), checks=(_reason_problems,)
 )
-SPECS = {spec.name: spec for spec in (SAMPLES, IMAGES, DETECTIONS, QUARANTINE)}
+TRIPLETS = TableSpec(
+    "triplets", TRIPLETS_SCHEMA, unique="triplet_id", checks=(_triplet_problems,)
+)
+CAPTIONS = TableSpec("captions", CAPTIONS_SCHEMA, unique="caption_id", checks=(_score_problems,))
+SPECS = {
+    spec.name: spec
+    for spec in (SAMPLES, IMAGES, DETECTIONS, TRIPLETS, CAPTIONS, QUARANTINE)
+}
 
 # --------------------------------------------------------------------------------------------
 # Validation

@@ -5,13 +5,18 @@ noisy background and ``min_objects..max_objects`` flat-coloured shapes (shape x 
 class) with exact boxes, several referring expressions that each name one object
 (:mod:`clipvg.data.synthetic_text`), and the output of a *simulated detector*
 (:mod:`clipvg.data.synthetic_detector`: jittered boxes, class confusions, colour errors,
-misses, false positives, scores) that the pseudo-label generators start from, as a real
-detector's output would be for a real dataset.
+misses, false positives, scores), of a *simulated scene-graph model*
+(:mod:`clipvg.data.synthetic_scenegraph`) and of a *simulated captioner*
+(:mod:`clipvg.data.synthetic_captioner`), each noisy in its own way, that the pseudo-label
+generators (:mod:`clipvg.pseudo`) start from, as real models' outputs would be for a real
+dataset.
 
 Objects of one image are drawn from a few shapes and colours only, so most share a shape or a
 colour with another object and expressions need all their words. Every image comes from its
 own random stream ``SeedSequence([seed, crc32(split), index])``: images are reproducible one by
-one (in any order, on any worker) and the splits never share an image.
+one (in any order, on any worker) and the splits never share an image. The scene-graph model
+and the captioner draw from a child stream of it (:func:`sources_rng`), so adding them left
+the images, expressions and detections of a seed unchanged.
 
 :func:`write_world` writes a whole world (train/val/test) in the dataset layout to any URI.
 """
@@ -26,14 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from clipvg import __version__
 from clipvg.config import SynthConfig
 from clipvg.data import storage
-from clipvg.data.schema import DETECTIONS, IMAGES, SAMPLES
+from clipvg.data.synthetic_captioner import Caption, simulate_captions
+from clipvg.data.synthetic_scenegraph import Triplet, simulate_triplets
+from clipvg.data.synthetic_tables import RECORD_TABLES, build_tables, image_rows, simulator_rates
 from clipvg.data.validate import ingest
 from clipvg.data.synthetic_detector import (  # noqa: F401  (the rates are re-exported)
     BOX_JITTER,
@@ -92,6 +98,8 @@ class SyntheticImage:
     objects: list[SynthObject]
     expressions: list[Expression]
     detections: list[Detection] = field(default_factory=list)
+    triplets: list[Triplet] = field(default_factory=list)
+    captions: list[Caption] = field(default_factory=list)
 
     def encode(self, image_format: str = "png") -> bytes:
         """The image as file bytes (PNG at a fast compression level, or JPEG q=95)."""
@@ -108,6 +116,13 @@ class SyntheticImage:
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The random stream of image ``index`` of ``split`` (independent of every other image)."""
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), index]))
+
+
+def sources_rng(rng: np.random.Generator) -> np.random.Generator:
+    """The scene-graph model's and captioner's stream: child 2 of ``rng``'s seed sequence,
+    derived without drawing from (or spawning on) ``rng`` itself."""
+    ss = rng.bit_generator.seed_seq
+    return np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, 2)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,40 +259,28 @@ def generate_image(
     image_id: str = "syn",
     n_expressions: int | None = None,
 ) -> SyntheticImage:
-    """Generate one image with its objects, expressions and detections.
+    """Generate one image with its objects, expressions, detections, scene-graph triplets and
+    captions.
 
     ``rng`` is a numpy Generator (consumed) or an int seed. Pure: the same stream gives the
-    same image, byte for byte.
+    same image, byte for byte. Triplets and captions come from :func:`sources_rng`.
     """
     cfg = cfg or SynthConfig()
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
+    side = sources_rng(rng)
     objects = sample_objects(rng, cfg)
     image = render(objects, cfg.image_size, rng)
     expressions = generate_expressions(objects, cfg.image_size, rng, n_expressions)
     detections = simulate_detections(objects, cfg.image_size, rng)
-    return SyntheticImage(image_id, image, objects, expressions, detections)
+    triplets = simulate_triplets(objects, cfg.image_size, side)
+    captions = simulate_captions(objects, cfg.image_size, side)
+    return SyntheticImage(image_id, image, objects, expressions, detections, triplets, captions)
 
 
 # --------------------------------------------------------------------------------------------
 # A whole world on storage
 # --------------------------------------------------------------------------------------------
-
-
-def _image_rows(im: SyntheticImage, split: str) -> tuple[list[dict], list[dict]]:
-    """Samples rows and detections rows of one image."""
-    samples = [
-        dict(sample_id=f"{im.image_id}-e{k}", image_id=im.image_id, text=e.text,
-             box=list(im.objects[e.target].box), source="gt", split=split,
-             dataset="synthetic", expr_type=e.expr_type)
-        for k, e in enumerate(im.expressions)
-    ]
-    dets = [
-        dict(image_id=im.image_id, det_id=f"{im.image_id}-d{k}", box=list(d.box), label=d.label,
-             color=d.color, score=d.score, split=split)
-        for k, d in enumerate(im.detections)
-    ]
-    return samples, dets
 
 
 def _generate(uri, cfg, seed, splits, ext, embed, show, storage_options) -> dict[str, list]:
@@ -286,7 +289,7 @@ def _generate(uri, cfg, seed, splits, ext, embed, show, storage_options) -> dict
     Uploads run on a few threads (object stores are latency bound) with a bounded queue, so
     memory stays flat however big the world is; the first failed upload stops the run.
     """
-    rows: dict[str, list] = {"samples": [], "images": [], "detections": []}
+    rows: dict[str, list] = {"images": [], "samples": [], **{t: [] for t in RECORD_TABLES}}
     total = sum(splits.values())
     with ThreadPoolExecutor(4) as pool, tqdm(total=total, disable=not show, unit="img",
                                              desc="synth") as bar:
@@ -303,9 +306,8 @@ def _generate(uri, cfg, seed, splits, ext, embed, show, storage_options) -> dict
                 rows["images"].append(dict(image_id=im.image_id, uri=rel,
                                            bytes=data if embed else None, width=cfg.image_size,
                                            height=cfg.image_size, split=split))
-                s_rows, d_rows = _image_rows(im, split)
-                rows["samples"] += s_rows
-                rows["detections"] += d_rows
+                for name, more in image_rows(im, split).items():
+                    rows[name] += more
                 while len(pending) > 64:
                     pending.pop(0).result()
                 bar.update(1)
@@ -316,19 +318,14 @@ def _generate(uri, cfg, seed, splits, ext, embed, show, storage_options) -> dict
 
 def _write_tables(uri: str, rows: dict[str, list], manifest: dict, show: bool,
                   storage_options: dict) -> None:
-    """Build the three tables and publish them with :func:`clipvg.data.validate.ingest`
-    (row validation, quarantine/, manifest.json last). ``split`` is an extra column of images
-    and detections; the samples schema has it already. Synthetic rows are valid by
-    construction, so anything quarantined is a generator bug: raised, and the world is left
-    without a manifest (incomplete) rather than published short of rows."""
-    tables = {}
-    for name, spec in (("samples", SAMPLES), ("images", IMAGES), ("detections", DETECTIONS)):
-        fields = list(spec.schema)
-        if name != "samples":
-            fields.append(pa.field("split", pa.string(), nullable=False))
-        tables[name] = pa.Table.from_pylist(rows[name], schema=pa.schema(fields))
+    """Build the tables and publish them with :func:`clipvg.data.validate.ingest` (row
+    validation, quarantine/, manifest.json last). ``split`` is an extra column of every table
+    but samples, whose schema has it already. Synthetic rows are valid by construction, so
+    anything quarantined is a generator bug: raised, and the world is left without a manifest
+    (incomplete) rather than published short of rows."""
+    tables = build_tables(rows)
     report = ingest(uri, tables["samples"], tables["images"], manifest=manifest,
-                    extra_tables={"detections": tables["detections"]}, progress=show,
+                    extra_tables={t: tables[t] for t in RECORD_TABLES}, progress=show,
                     **storage_options)
     if report.quarantined or report.sizes_corrected:
         storage.remove(storage.join(uri, "manifest.json"), **storage_options)
@@ -350,11 +347,12 @@ def write_world(
 ) -> dict:
     """Write a synthetic world in the dataset layout to ``uri`` and return its manifest.
 
-    Layout: ``samples/``, ``images/``, ``detections/`` (Parquet folders, each with a ``split``
-    column), ``files/<image_id>.<ext>`` (unless ``embed_images``, which stores the encoded
-    bytes in the images table instead) and ``manifest.json``, written last: its presence
-    means the world is complete. ``splits`` defaults to the config's train/val/test counts.
-    If a manifest for the same seed, splits, config and format exists, nothing is rewritten
+    Layout: ``samples/``, ``images/``, ``detections/``, ``triplets/``, ``captions/`` (Parquet
+    folders, each with a ``split`` column; see ``docs/pseudo.md``), ``files/<image_id>.<ext>``
+    (unless ``embed_images``, which stores the encoded bytes in the images table instead) and
+    ``manifest.json``, written last: its presence means the world is complete. ``splits``
+    defaults to the config's train/val/test counts. If a manifest for the same seed, splits,
+    config, format and scene-graph / captioner rates exists, nothing is rewritten
     (``force=True`` regenerates; the old manifest is removed first, and files of an earlier,
     different world are left in ``files/`` but no longer referenced by the images table).
     ``progress``: tqdm bar; None = only on a TTY for big worlds.
@@ -366,8 +364,11 @@ def write_world(
     ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}.get(image_format)
     if ext is None:
         raise ValueError(f"image_format must be png or jpeg, got {image_format!r}")
+    rates = simulator_rates()  # the scene graph's and captioner's are part of the key, so a
+    # world written before they existed (no triplets/ nor captions/) is regenerated
     key = dict(seed=seed, images={s: int(n) for s, n in splits.items()},
-               config=dataclasses.asdict(cfg), image_format=ext, embedded_images=embed_images)
+               config=dataclasses.asdict(cfg), image_format=ext, embedded_images=embed_images,
+               scene_graph=rates["scene_graph"], captioner=rates["captioner"])
     manifest_uri = storage.join(uri, "manifest.json")
     if not force and storage.exists(manifest_uri, **storage_options):
         old = storage.read_json(manifest_uri, **storage_options)
@@ -382,13 +383,11 @@ def write_world(
         key,
         kind="clipvg-dataset", dataset="synthetic", created_by=f"clipvg {__version__}",
         counts={s: dict(images=int(n), samples=sum(r["split"] == s for r in samples),
-                        detections=sum(r["split"] == s for r in rows["detections"]))
+                        **{t: sum(r["split"] == s for r in rows[t]) for t in RECORD_TABLES})
                 for s, n in splits.items()},
         expr_types={t: sum(r["expr_type"] == t for r in samples) for t in EXPR_TYPES},
-        tables=["samples", "images", "detections", "quarantine"],
-        detector=dict(miss_rate=MISS_RATE, label_confusion_rate=LABEL_CONFUSION_RATE,
-                      color_missing_rate=COLOR_MISSING_RATE, color_error_rate=COLOR_ERROR_RATE,
-                      box_jitter=BOX_JITTER, false_positives_per_image=FALSE_POSITIVES_PER_IMAGE),
+        tables=["samples", "images", *RECORD_TABLES, "quarantine"],
+        detector=rates["detector"],
     )
     _write_tables(uri, rows, manifest, show, storage_options)  # writes the manifest last
     return storage.read_json(manifest_uri, **storage_options)  # + ingest's validation report

@@ -1,5 +1,6 @@
-"""``clipvg benchmark data|train``: streaming throughput per CPU core, or training-step
-throughput of the model on one device (JSON + a Markdown line each).
+"""``clipvg benchmark data|train|score``: streaming throughput per CPU core, training-step
+throughput of the model on one device, or reliability-scoring throughput and its scaling over
+Ray actors (JSON + a Markdown line each).
 
 Example::
 
@@ -7,6 +8,11 @@ Example::
     clipvg benchmark data --s3 none --images 300           # local disk only
     clipvg benchmark train --out runs/bench                # ViT-B-16; CPU: batch 8, fp32
     clipvg benchmark train --batch-sizes 64,128 --precision bf16,fp32 --compile off,on
+    clipvg benchmark score --images 200                    # demo arch: 1 replica, 1 and 2 actors
+    clipvg benchmark score --arch ViT-B-16 --image-size 224 --device cuda   # samples/s per GPU
+
+``score``: what is measured, :mod:`clipvg.distributed.bench_score`; results in
+``<out>/benchmark-score.json`` plus one line in ``<out>/benchmarks.md``.
 
 ``train`` runs in this process, or in one Ray task (one GPU on a CUDA device) when
 ``--address`` names a cluster; what it measures: :mod:`clipvg.distributed.bench_train`.
@@ -31,7 +37,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["data", "train"], help="which benchmark")
+    parser.add_argument("what", choices=["data", "train", "score"], help="which benchmark")
     parser.add_argument("--out", default="runs/bench", help="folder for the results")
     parser.add_argument("--images", type=int, default=400, help="images in the benchmark world")
     parser.add_argument("--per-image", type=int, default=7, help="expressions per image (RefCOCO: 7)")
@@ -43,9 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'moto' (a local S3 server on 127.0.0.1), 'none', or an s3:// URI")
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for --s3 URI")
     parser.add_argument("--address", default=None, help="a running Ray cluster (default: local)")
-    train = parser.add_argument_group("train")
-    train.add_argument("--arch", default="ViT-B-16",
-                       help="open_clip model name, or an inline config {embed_dim, vision_cfg, text_cfg}")
+    train = parser.add_argument_group("train and score")
+    train.add_argument("--arch", default=None,
+                       help="open_clip model name, or an inline config {embed_dim, vision_cfg, text_cfg} "
+                            "(default: train ViT-B-16, score configs/demo.yaml's)")
     train.add_argument("--image-size", type=int, default=None,
                        help="canvas side (default: 224, or vision_cfg.image_size of an inline arch)")
     train.add_argument("--batch-sizes", default=None, help="comma list (default: CPU 8, GPU 64,128)")
@@ -57,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--steps", type=int, default=None, help="timed steps per case (CPU 3, GPU 20)")
     train.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, GPU 5)")
     train.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    train.add_argument("--replica-only", action="store_true",
+                       help="score: only one replica in this process (no Ray actors)")
 
 
 def _start_moto():
@@ -117,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.what == "train":
         return run_train(args)
+    if args.what == "score":
+        return run_score(args)
     from clipvg.distributed.bench_data import BenchWorld, pil_ceiling, write_bench_world
 
     if min(args.images, args.per_image, args.cpus, args.epochs) < 1:
@@ -212,28 +223,16 @@ def _csv(value: str | None, cast=str) -> list | None:
 def _train_setup(args, cuda_available: bool):
     """(ModelConfig, cases, device, steps, warmup) from the ``train`` options; ValueError on bad
     ones. ``--device auto`` is CUDA when ``cuda_available`` (here, or on the Ray cluster)."""
-    import dataclasses
     import itertools
 
     import torch
-    import yaml
 
-    from clipvg.config import ModelConfig
     from clipvg.distributed import bench_train as bt
     from clipvg.engine.precision import resolve_precision
 
-    if args.device == "auto":
-        device = "cuda" if cuda_available else "cpu"
-    else:
-        device = str(torch.device(args.device))  # RuntimeError on a bad name
+    device = _device(args, cuda_available)
     gpu = torch.device(device).type == "cuda"
-    arch = yaml.safe_load(args.arch) if args.arch.lstrip().startswith("{") else args.arch
-    cfg = ModelConfig(arch=arch)
-    if isinstance(arch, dict):
-        cfg = dataclasses.replace(cfg, image_size=arch.get("vision_cfg", {}).get("image_size", 224),
-                                  context_length=arch.get("text_cfg", {}).get("context_length", 77))
-    if args.image_size:
-        cfg = dataclasses.replace(cfg, image_size=args.image_size)
+    cfg = _model_config(args.arch or "ViT-B-16", args.image_size)
     defaults = bt.GPU_DEFAULTS if gpu else bt.CPU_DEFAULTS
     sizes = _csv(args.batch_sizes, int)
     if args.precision is None and args.compile is None:
@@ -250,6 +249,62 @@ def _train_setup(args, cuda_available: bool):
     if steps < 1 or warmup < 0 or min(c.batch_size for c in cases) < 1:
         raise ValueError("--steps and --batch-sizes must be >= 1, --warmup >= 0")
     return cfg, cases, device, steps, warmup
+
+
+def _device(args, cuda_available: bool) -> str:
+    import torch
+
+    if args.device == "auto":
+        return "cuda" if cuda_available else "cpu"
+    return str(torch.device(args.device))  # RuntimeError on a bad name
+
+
+def _model_config(arch_text: str, image_size: int | None):
+    """ModelConfig of ``--arch`` (a name or an inline YAML dict) and ``--image-size``."""
+    import dataclasses
+
+    import yaml
+
+    from clipvg.config import ModelConfig
+
+    arch = yaml.safe_load(arch_text) if arch_text.lstrip().startswith("{") else arch_text
+    cfg = ModelConfig(arch=arch)
+    if isinstance(arch, dict):
+        cfg = dataclasses.replace(cfg, image_size=arch.get("vision_cfg", {}).get("image_size", 224),
+                                  context_length=arch.get("text_cfg", {}).get("context_length", 77))
+    if image_size:
+        cfg = dataclasses.replace(cfg, image_size=image_size)
+    return cfg
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """``clipvg benchmark score`` (see clipvg.distributed.bench_score)."""
+    import torch
+
+    from clipvg.distributed import bench_score as bs
+
+    try:
+        device = _device(args, torch.cuda.is_available())
+        model = _model_config(args.arch, args.image_size) if args.arch else None
+    except (ValueError, RuntimeError) as err:
+        print(f"clipvg benchmark: error: {err}", file=sys.stderr)
+        return 2
+    use_ray = device == "cpu" and not args.replica_only  # GPU: samples/s per GPU, one replica
+    if use_ray:
+        import ray
+
+        from clipvg.distributed.local_ray import init_ray
+
+        init_ray(args.address, args.cpus if args.cpus > 1 else 3, log_to_driver=False)  # 2 actors + 1
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = bs.run_benchmark(args, model, device, use_ray)
+    (out / "benchmark-score.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out / "benchmarks.md", "a") as f:
+        f.write(report["markdown"] + "\n")
+    print(report["markdown"])
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:

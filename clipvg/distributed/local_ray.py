@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_driver: bool = True) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_driver: bool = True,
+             dashboard: bool = False) -> None:
     """Join ``address`` (or the job's cluster when run by ``ray job submit``, which sets
     ``RAY_ADDRESS``), else start a private Ray on 127.0.0.1 for this process (token auth off:
-    nothing else can reach it)."""
+    nothing else can reach it). ``dashboard``: Ray Tune runs that nest Ray Train need it (without
+    it the first trial's placement group is never released, see docs/platform-notes)."""
     import ray
 
     if ray.is_initialized():
@@ -17,5 +19,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_
         ray.init(address=address, log_to_driver=log_to_driver)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, _node_ip_address="127.0.0.1",
              log_to_driver=log_to_driver, configure_logging=False)

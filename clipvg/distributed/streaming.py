@@ -114,14 +114,18 @@ class SampleIndex:
 
 
 def plan_split(root: str, split: str, spec: FanOutSpec | None = None, *, per_sample: bool = False,
-               **storage_options: Any) -> StreamPlan:
+               samples: pa.Table | None = None, **storage_options: Any) -> StreamPlan:
     """Read the sample rows of ``split`` and the image locations (driver side, no image bytes),
     and tokenize the split's texts once for the whole run (``spec``'s context length, prompt
     template and overflow policy; default :class:`FanOutSpec`). Build the plan once and stream
-    it for every epoch."""
+    it for every epoch. ``samples``: stream these rows (e.g. a curriculum's training pool, whose
+    images are the dataset's) instead of the split's rows of ``<root>/samples``."""
     spec = spec or FanOutSpec()
     where = storage.join(root, "samples")
-    samples = storage.read_table(where, filter=pc.field("split") == split, **storage_options)
+    if samples is None:
+        samples = storage.read_table(where, filter=pc.field("split") == split, **storage_options)
+    else:
+        where = f"the samples given for {split!r}"
     validate_table(samples, SAMPLES, where=where)
     if samples.num_rows == 0:
         raise KeyError(f"split {split!r} has no samples in {where}")

@@ -50,15 +50,19 @@ def resolve_config(cfg: Config) -> Config:
 
 
 def plan_splits(cfg: Config) -> dict:
-    """Stream plans of the train, validation and test splits (driver side, no image bytes)."""
+    """Stream plans of the train, validation and test splits (driver side, no image bytes).
+    With ``data.train_pool`` the train plan streams the pool's selected samples instead."""
+    from clipvg.curriculum.selection import read_pool
     from clipvg.data.fanout import FanOutSpec
     from clipvg.distributed.streaming import plan_split
 
     options = storage.options_from_config(cfg.storage)
     plans = {}
     for split in dict.fromkeys([cfg.data.train_split, cfg.data.val_split, *cfg.data.test_splits]):
-        spec = FanOutSpec.from_config(cfg, train=split == cfg.data.train_split)
-        plans[split] = plan_split(cfg.data.uri, split, spec, **options)
+        train = split == cfg.data.train_split
+        spec = FanOutSpec.from_config(cfg, train=train)
+        rows = read_pool(cfg.data.train_pool, **options) if train and cfg.data.train_pool else None
+        plans[split] = plan_split(cfg.data.uri, split, spec, samples=rows, **options)
         plans[split].samples_ref()  # one copy in the object store, shared by every worker
     return plans
 

@@ -44,8 +44,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_local(cfg: Config, progress: bool = True) -> TrainHistory:
-    """Train on ``cfg.data`` (the synthetic world by default) and evaluate every epoch."""
+def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainHistory:
+    """Train on ``cfg.data`` (the synthetic world by default) and evaluate every epoch.
+    ``cfg.run_dir`` is a local folder; the dataset may be anywhere (``storage_options``)."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -56,8 +57,8 @@ def train_local(cfg: Config, progress: bool = True) -> TrainHistory:
     total, trainable = count_parameters(model)
     log.info("model: %.2f M parameters, %.2f M trainable", total / 1e6, trainable / 1e6)
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
-    train_loader = build_loader(cfg, data_uri, cfg.data.train_split, train=True)
-    val_loader = build_loader(cfg, data_uri, cfg.data.val_split, train=False)
+    train_loader = build_loader(cfg, data_uri, cfg.data.train_split, train=True, **storage_options)
+    val_loader = build_loader(cfg, data_uri, cfg.data.val_split, train=False, **storage_options)
     steps_per_epoch = min(len(train_loader), cfg.train.max_steps_per_epoch or math.inf)
 
     history = TrainHistory(run_dir=str(run_dir))
@@ -94,20 +95,45 @@ def train_local(cfg: Config, progress: bool = True) -> TrainHistory:
         log.info("epoch %d: train loss %.4f, val Acc@0.5 %.4f %s", epoch + 1, record["train_loss"],
                  result.accuracy, _fmt_types(result.meter.group_accuracy()))
     metrics_file.close()
-    history.test = _evaluate_best(cfg, data_uri, run_dir)
+    history.test = _evaluate_best(cfg, data_uri, run_dir, storage_options)
     (run_dir / "history.json").write_text(json.dumps(history.__dict__, indent=2))
     return history
 
 
-def _evaluate_best(cfg: Config, data_uri: str, run_dir: Path) -> dict:
+def _evaluate_best(cfg: Config, data_uri: str, run_dir: Path, storage_options: dict) -> dict:
     """Held-out accuracy of the best checkpoint on every test split."""
     from clipvg.model import load_model
 
     best = load_model(run_dir / "best")
     out = {}
     for split in cfg.data.test_splits:
-        out[split] = evaluate(best, build_loader(cfg, data_uri, split, train=False)).summary()
+        loader = build_loader(cfg, data_uri, split, train=False, **storage_options)
+        out[split] = evaluate(best, loader).summary()
     return out
+
+
+def train_local_to_storage(cfg: Config, progress: bool = False) -> dict:
+    """:func:`train_local` in a temporary folder, then ``best/``, ``history.json``,
+    ``metrics.jsonl`` and ``config.yaml`` published to ``cfg.run_dir`` (any storage URI).
+    Returns the history as :mod:`clipvg.distributed.trainer` writes it (``run_dir`` = the
+    storage folder). A run interrupted before publishing starts over when run again."""
+    import dataclasses
+    import tempfile
+
+    from clipvg.data import storage
+
+    options = storage.options_from_config(cfg.storage)
+    with tempfile.TemporaryDirectory(prefix="clipvg-trial-") as tmp:
+        local = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=tmp, run_name="run"))
+        history = train_local(local, progress=progress, **options)
+        folder = Path(history.run_dir)
+        record = {**history.__dict__, "run_dir": cfg.run_dir, "world_size": 1}
+        (folder / "history.json").write_text(json.dumps(record, indent=2))
+        files = [p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] != "last"]
+        for path in sorted(files, key=lambda p: p.name == "history.json"):  # history.json last
+            storage.write_bytes(path.read_bytes(), storage.join(cfg.run_dir, *path.relative_to(folder).parts),
+                                **options)
+    return record
 
 
 def _write(handle, record: dict) -> None:

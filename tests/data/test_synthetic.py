@@ -230,8 +230,9 @@ def test_write_world_layout_determinism_and_disjoint_splits(tmp_path):
     empty = "quarantine/part-00000.parquet"  # the same empty table in every valid world
     assert ha[empty] == hc[empty]
     assert not {d for k, d in ha.items() if k != empty} & set(hc.values())
-    assert {k.split("/")[0] for k in ha} == {"samples", "images", "detections", "files",
-                                              "quarantine", "manifest.json"}
+    assert {k.split("/")[0] for k in ha} == {"samples", "images", "detections", "triplets",
+                                              "captions", "files", "quarantine",
+                                              "manifest.json"}
     assert m["counts"]["val"]["images"] == 4 and m["seed"] == 3
     assert storage.read_json(str(tmp_path / "a" / "manifest.json")) == m
     by_split = collections.defaultdict(set)
@@ -239,9 +240,8 @@ def test_write_world_layout_determinism_and_disjoint_splits(tmp_path):
         if name.startswith("files/"):
             by_split[name.split("-")[2]].add(digest)
     assert sum(len(v) for v in by_split.values()) == 20  # no repeated image anywhere
-    for name, spec in (("samples", "samples"), ("images", "images"),
-                       ("detections", "detections")):
-        validate_table(storage.read_table(str(tmp_path / "a" / name)), spec)
+    for name in ("samples", "images", "detections", "triplets", "captions"):
+        validate_table(storage.read_table(str(tmp_path / "a" / name)), name)
     s = storage.read_table(str(tmp_path / "a" / "samples")).to_pylist()
     assert s[0]["sample_id"] == "syn-s3-train-000000-e0" and s[0]["source"] == "gt"
     assert {r["split"] for r in s} == set(splits) and sum(m["expr_types"].values()) == len(s)

@@ -7,8 +7,12 @@ read or written. The head binds to 127.0.0.1 and keeps its files in a private te
 credentials.
 """
 
+import importlib.util
 import os
 import secrets
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +29,8 @@ def ray_local(s3, tmp_path_factory):
     import ray
 
     temp = tmp_path_factory.mktemp("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # the dashboard: Tune runs of nested TorchTrainers hang without it (docs/platform notes)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, _node_ip_address="127.0.0.1",
              _temp_dir=str(temp), configure_logging=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -44,3 +49,38 @@ def tiny_world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-world")
     return ensure_dataset(load_config(None, [*TINY_TRAIN, f"storage.root={root}"]))
+
+
+# ------------------------------------------------------------------------------------------
+# A real Ray head for `ray job submit` tests (test_job_submit.py, test_pipeline.py); the
+# helpers (wait, TERMINAL, JOB_TIMEOUT_S, REPO) are in ray_head.py, importable as
+# clipvg_tests_ray_head
+# ------------------------------------------------------------------------------------------
+
+_spec = importlib.util.spec_from_file_location("clipvg_tests_ray_head", Path(__file__).with_name("ray_head.py"))
+ray_head = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = ray_head
+_spec.loader.exec_module(ray_head)
+
+@pytest.fixture(scope="session")
+def head(s3, tmp_path_factory):
+    """A Ray head of its own (2 CPUs, free ports, private temp dir), stopped by pid; shared by
+    the job tests of the session (starting one costs seconds)."""
+    h = ray_head.RayHead(tmp_path_factory.mktemp("rh"), num_cpus=2)
+    h.start()
+    print(f"\nray head up in {h.start_s:.1f} s at {h.dashboard_url} ({len(h.pids)} processes, "
+          f"{len(h.attempt_logs) + 1} attempt(s))")
+    try:
+        yield h
+    finally:
+        h.stop()
+        print(f"\nray head stopped in {h.stop_s:.1f} s")
+        assert h.alive() == [], f"processes of the head survived: {h.alive()}"
+
+
+@pytest.fixture(scope="session")
+def client(head):
+    from ray.job_submission import JobSubmissionClient
+
+    # No headers given: the client authenticates with RAY_AUTH_TOKEN from the environment.
+    return JobSubmissionClient(head.dashboard_url)

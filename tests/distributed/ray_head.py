@@ -56,6 +56,7 @@ from pathlib import Path
 
 import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 import psutil
+import pytest
 
 from s3_server import free_port
 
@@ -308,3 +309,26 @@ def _signal(p: psutil.Process, sig: int) -> None:
         p.send_signal(sig)  # psutil checks the pid was not reused
     except psutil.Error:
         pass
+
+
+# ---- job helpers shared by the job tests ----
+
+REPO = Path(__file__).resolve().parents[2]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# The tiny training job took 245 s (submit to SUCCEEDED) while other test sessions ran Ray on the
+# same two cores (load average 7-10); the ~240 s first planned is too tight for that. Override
+# with CLIPVG_JOB_TIMEOUT_S.
+JOB_TIMEOUT_S = float(os.environ.get("CLIPVG_JOB_TIMEOUT_S", "480"))
+
+
+def wait(client, job_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            return status
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            pytest.fail(f"job {job_id} still {status} after {timeout:.0f} s; log:\n"
+                        f"{client.get_job_logs(job_id)[-6000:]}")
+        time.sleep(0.5)

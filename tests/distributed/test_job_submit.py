@@ -9,7 +9,6 @@ runtime_env, which the dashboard shows.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 import sys
@@ -20,57 +19,7 @@ import pytest
 
 from clipvg.data import storage
 from clipvg.engine.run_log import read_metrics
-
-REPO = Path(__file__).resolve().parents[2]
-
-_spec = importlib.util.spec_from_file_location("clipvg_tests_ray_head",
-                                               Path(__file__).with_name("ray_head.py"))
-ray_head = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = ray_head
-_spec.loader.exec_module(ray_head)
-
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-# The tiny training job took 245 s (submit to SUCCEEDED) while other test sessions ran Ray on the
-# same two cores (load average 7-10); the ~240 s first planned is too tight for that. Override
-# with CLIPVG_JOB_TIMEOUT_S.
-JOB_TIMEOUT_S = float(os.environ.get("CLIPVG_JOB_TIMEOUT_S", "480"))
-
-
-@pytest.fixture(scope="module")
-def head(s3, tmp_path_factory):
-    """A Ray head of its own (2 CPUs, free ports, private temp dir), stopped by pid."""
-    h = ray_head.RayHead(tmp_path_factory.mktemp("rh"), num_cpus=2)
-    h.start()
-    print(f"\nray head up in {h.start_s:.1f} s at {h.dashboard_url} ({len(h.pids)} processes, "
-          f"{len(h.attempt_logs) + 1} attempt(s))")
-    try:
-        yield h
-    finally:
-        h.stop()
-        print(f"\nray head stopped in {h.stop_s:.1f} s")
-        assert h.alive() == [], f"processes of the head survived: {h.alive()}"
-
-
-@pytest.fixture(scope="module")
-def client(head):
-    from ray.job_submission import JobSubmissionClient
-
-    # No headers given: the client authenticates with RAY_AUTH_TOKEN from the environment.
-    return JobSubmissionClient(head.dashboard_url)
-
-
-def wait(client, job_id: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = str(client.get_job_status(job_id).value)
-        if status in TERMINAL:
-            return status
-        if time.monotonic() > deadline:
-            client.stop_job(job_id)
-            pytest.fail(f"job {job_id} still {status} after {timeout:.0f} s; log:\n"
-                        f"{client.get_job_logs(job_id)[-6000:]}")
-        time.sleep(0.5)
-
+from clipvg_tests_ray_head import JOB_TIMEOUT_S, REPO, TERMINAL, wait
 
 def test_rayignore_alone_keeps_local_state_out_of_the_upload():
     """.rayignore (plus Ray's default excludes) keeps the venv, outputs and test fixtures out of

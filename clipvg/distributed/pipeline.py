@@ -1,0 +1,311 @@
+"""``clipvg pipeline``: unsupervised CLIP-VG end to end, as stages over tables on storage.
+
+    clipvg pipeline --config configs/demo.yaml
+    clipvg pipeline --config configs/demo.yaml data.seed=7 storage.root=/tmp/run
+
+Stages, in order (each writes ``<run>/stages/<stage>.json`` last; a rerun skips the stages
+whose manifest matches, see :mod:`clipvg.curriculum.manifest`):
+
+==============  ==============================================================  ======================
+stage           what                                                            output
+==============  ==============================================================  ======================
+world           the dataset (the synthetic world unless ``data.uri``)            worlds/... or data.uri
+pseudo:<s>      pseudo-labels of source s from per-image records (Ray Data)     pseudo/<s>/
+measurers       one CLIP-VG per source on all its pseudo-labels (Ray Tune)      trials/<pool>-e<n>/
+scores:<m>      every source scored by measurer m (Ray Data actor pool)         scores/<m>-on-<s>/
+ssa             threshold search on the first source, its own measurer (Tune)   stages/ssa.json
+msa             measurer / threshold / source-order search (Tune)               stages/msa.json
+finals          w/o curriculum, SSA, w/o MSA, MSA, fully supervised             stages/finals.json
+report          report.md, report.json and figures                              report/
+==============  ==============================================================  ======================
+
+Every training is cached by what it trains on (``trials/<pool key>-e<epochs>``), so a pool
+tried by several searches trains once, and an interrupted training continues from its last
+checkpoint on the rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from clipvg.config import Config, PoolEntry, load_config, to_dict
+from clipvg.curriculum import schedulers
+from clipvg.curriculum.manifest import StageManifests, stage_key
+from clipvg.data import storage
+
+log = logging.getLogger("clipvg.pipeline")
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Absolute local paths: Tune trials and Ray workers do not run in this directory."""
+    root = cfg.storage.root
+    if "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+    model = cfg.model
+    if model.weights and "://" not in model.weights and Path(model.weights).exists():
+        model = dataclasses.replace(model, weights=str(Path(model.weights).resolve()))
+    data = cfg.data
+    if data.uri and "://" not in data.uri:
+        data = dataclasses.replace(data, uri=str(Path(data.uri).resolve()))
+    return dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=root), model=model, data=data)
+
+
+def _msa_along(order: list, evaluate, *, samples, scores, measurers, h0, thresholds, refine_steps):
+    """MSA along one order (module level: Tune ships it to the order trials)."""
+    return schedulers.msa(order, samples, scores, measurers, h0, thresholds, evaluate,
+                          refine_steps=refine_steps)
+
+
+class Pipeline:
+    """One pipeline run under ``storage.root/storage.run_name``."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = resolve_paths(cfg)
+        self.run_dir = self.cfg.run_dir
+        self.options = storage.options_from_config(self.cfg.storage)
+        self.manifests = StageManifests(self.run_dir, self.options)
+        self.sources = list(self.cfg.curriculum.sources)
+        self.keys: dict[str, str] = {}
+        self.outputs: dict[str, dict] = {}
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        c = self.cfg.curriculum
+        self.trial_epochs = c.trial_epochs or self.cfg.train.epochs
+        self.final_epochs = c.final_epochs or self.cfg.train.epochs
+
+    # ---------------------------------------------------------------- plumbing
+    def uri(self, *parts: str) -> str:
+        return storage.join(self.run_dir, *parts)
+
+    def stage(self, name: str, config_part, inputs: list[str], fn: Callable[[], dict]) -> dict:
+        """Run ``fn`` unless the stage finished with the same key; record its outputs."""
+        ins = {i: self.keys[i] for i in inputs}
+        key = stage_key(name, config_part, ins)
+        self.keys[name] = key
+        done = self.manifests.finished(name, key)
+        if done is not None:
+            print(f"[pipeline] {name}: finished earlier ({done['finished_at']}), skipped", flush=True)
+            self.skipped.append(name)
+            self.outputs[name] = done["outputs"]
+            return done["outputs"]
+        print(f"[pipeline] {name}: running", flush=True)
+        start = time.perf_counter()
+        outputs = fn()
+        seconds = time.perf_counter() - start
+        self.manifests.write(name, key, config_part, ins, outputs, seconds)
+        print(f"[pipeline] {name}: done in {seconds:.0f} s", flush=True)
+        self.ran.append(name)
+        self.outputs[name] = outputs
+        return outputs
+
+    def base(self) -> Config:
+        """The training config every stage starts from (data.uri = the world)."""
+        world = self.outputs["world"]["uri"]
+        return dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, uri=world, train_pool=[]))
+
+    def evaluator(self, epochs: int, sequential: bool = False):
+        from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator
+
+        cls = SequentialEvaluator if sequential else TuneEvaluator
+        return cls(self.base(), trials_root=self.uri("trials"), tune_root=self.uri("tune"), epochs=epochs)
+
+    def _training_part(self, epochs: int) -> dict:
+        cfg = to_dict(self.cfg)
+        return {"model": cfg["model"], "train": {**cfg["train"], "epochs": epochs, "resume": False},
+                "data": {k: v for k, v in cfg["data"].items() if k not in ("uri", "train_pool")},
+                "num_workers": self.cfg.scaling.num_workers}
+
+    # ---------------------------------------------------------------- the graph
+    def run(self) -> dict:
+        c = self.cfg.curriculum
+        world_part = {"uri": self.cfg.data.uri, "seed": self.cfg.data.seed, "synth": to_dict(self.cfg.data.synth)}
+        self.stage("world", world_part, [], self._world)
+        for s in self.sources:
+            self.stage(f"pseudo:{s}", {"source": s, "options": c.generators.get(s, {}), "seed": self.cfg.data.seed},
+                       ["world"], functools.partial(self._pseudo, s))
+        pseudo = [f"pseudo:{s}" for s in self.sources]
+        self.stage("measurers", self._training_part(self.final_epochs), pseudo, self._measurers)
+        for m in self.sources:
+            self.stage(f"scores:{m}", {"measurer": m, "bins": c.histogram_bins}, ["measurers", *pseudo],
+                       functools.partial(self._scores, m))
+        scores = [f"scores:{m}" for m in self.sources]
+        search = {"thresholds": c.thresholds, "search": c.search, "refine_steps": c.refine_steps,
+                  "training": self._training_part(self.trial_epochs)}
+        self.stage("ssa", search, [f"scores:{self.sources[0]}"], self._ssa)
+        self.stage("msa", {**search, "h0": c.h0, "order": c.source_order, "sources": self.sources}, scores, self._msa)
+        self.stage("finals", self._training_part(self.final_epochs), ["ssa", "msa", "measurers"], self._finals)
+        self.stage("report", {"version": 1}, ["finals", "ssa", "msa", *scores, *pseudo], self._report)
+        return self.outputs["report"]
+
+    # ---------------------------------------------------------------- stages
+    def _world(self) -> dict:
+        from clipvg.data.batching import ensure_dataset
+
+        uri = ensure_dataset(self.cfg)
+        if "://" not in uri:
+            uri = str(Path(uri).resolve())
+        manifest = storage.read_json(storage.join(uri, "manifest.json"), **self.options)
+        return {"uri": uri, "counts": manifest.get("counts", {})}
+
+    def _pseudo(self, source: str) -> dict:
+        from clipvg.distributed.pseudo_stage import generate_source
+
+        out = self.uri("pseudo", source)
+        rows = generate_source(self.outputs["world"]["uri"], source, out, seed=self.cfg.data.seed,
+                               options=self.cfg.curriculum.generators.get(source, {}),
+                               num_cpus=self.cfg.scaling.data_cpus, **self.options)
+        return {"uri": out, "rows": rows}
+
+    def samples_uri(self, source: str) -> str:
+        return self.outputs[f"pseudo:{source}"]["uri"]
+
+    def _measurers(self) -> dict:
+        cands = [schedulers.Candidate(f"measurer {s}", [PoolEntry(samples=self.samples_uri(s))], {"source": s})
+                 for s in self.sources]
+        outcomes = self.evaluator(self.final_epochs)(cands)
+        return {s: {"run_dir": o.run_dir, "val_acc": o.val_acc, "test": o.test}
+                for s, o in zip(self.sources, outcomes)}
+
+    def _scores(self, measurer: str) -> dict:
+        """Every source scored by ``measurer``, in one Ray Data job (the actor pool starts once:
+        replicas import torch and load the model, seconds each), then one scores table and
+        histogram (json, png) per source."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from clipvg.curriculum.plots import score_histograms
+        from clipvg.curriculum.selection import subset_sizes
+        from clipvg.distributed.scoring import score_samples, summary
+
+        model_dir = storage.join(self.outputs["measurers"][measurer]["run_dir"], "best")
+        samples = pa.concat_tables([storage.read_table(self.samples_uri(s), **self.options) for s in self.sources],
+                                   promote_options="permissive")
+        scores = score_samples(model_dir, self.outputs["world"]["uri"], samples, cfg=self.base(),
+                               measurer=measurer, source="")
+        scores = scores.set_column(scores.schema.get_field_index("source"), "source", samples.column("source"))
+        out = {}
+        for s in self.sources:
+            uri = self.uri("scores", f"{measurer}-on-{s}")
+            part = scores.filter(pc.field("source") == s)
+            storage.write_table(part, uri, **self.options)
+            hist = score_histograms(part, uri, self.cfg.curriculum.histogram_bins, **self.options)
+            sizes = subset_sizes(part, self.cfg.curriculum.thresholds)
+            out[s] = {"uri": uri, **summary(part), "histogram": hist["png"],
+                      "subset_sizes": {f"{h:g}": n for h, n in sizes.items()}}
+        return out
+
+    def scores_uri(self, measurer: str, source: str) -> str:
+        return self.outputs[f"scores:{measurer}"][source]["uri"]
+
+    def _ssa(self) -> dict:
+        c, s = self.cfg.curriculum, self.sources[0]
+        result = schedulers.ssa(self.samples_uri(s), self.scores_uri(s, s), c.thresholds,
+                                self.evaluator(self.trial_epochs),
+                                refine_steps=c.refine_steps if c.search == "refine" else None)
+        return {"source": s, "h": result.h, "curve": _curve(result), "chosen": _outcome(result.chosen)}
+
+    def _msa(self) -> dict:
+        c = self.cfg.curriculum
+        samples = {s: self.samples_uri(s) for s in self.sources}
+        scores = {(m, s): self.scores_uri(m, s) for m in self.sources for s in self.sources}
+        refine = c.refine_steps if c.search == "refine" else None
+        run_msa = functools.partial(_msa_along, samples=samples, scores=scores, measurers=self.sources,
+                                    h0=c.h0, thresholds=c.thresholds, refine_steps=refine)
+        order_accs = {}
+        if c.source_order == "greedy":
+            result = schedulers.msa_greedy(samples, scores, self.sources, c.h0, c.thresholds,
+                                           self.evaluator(self.trial_epochs), refine_steps=refine)
+        else:
+            order = self.sources
+            if c.source_order == "search" and len(self.sources) > 1:
+                from clipvg.distributed.tuning import search_orders
+
+                order_accs = search_orders(self.base(), schedulers.all_orders(self.sources), run_msa,
+                                           trials_root=self.uri("trials"), tune_root=self.uri("tune"),
+                                           epochs=self.trial_epochs)
+                order = list(max(order_accs, key=order_accs.get))
+            result = run_msa(list(order), self.evaluator(self.trial_epochs))  # cached when searched
+        return {"order": result.order, "thresholds": result.thresholds, "order_search": c.source_order,
+                "order_accs": {" > ".join(o): a for o, a in order_accs.items()},
+                "steps": [_step(s) for s in result.steps], "final": _outcome(result.final)}
+
+    def _finals(self) -> dict:
+        ssa, msa = self.outputs["ssa"], self.outputs["msa"]
+        methods = {
+            "raw_template": [PoolEntry(samples=self.samples_uri(self.sources[0]))],
+            "ssa": _pool(ssa["chosen"]["pool"]),
+            "raw_union": [PoolEntry(samples=self.samples_uri(s)) for s in self.sources],
+            "msa": _pool(msa["final"]["pool"]),
+            "full_supervised": [],
+        }
+        cands = [schedulers.Candidate(name, pool) for name, pool in methods.items()]
+        outcomes = self.evaluator(self.final_epochs)(cands)
+        return {name: _outcome(o) for name, o in zip(methods, outcomes)}
+
+    def _report(self) -> dict:
+        from clipvg.curriculum.report import write_report
+
+        return write_report(self)
+
+
+def _pool(raw: list[dict]) -> list[PoolEntry]:
+    return [PoolEntry(**e) for e in raw]
+
+
+def _outcome(o: schedulers.Outcome) -> dict:
+    return {"label": o.candidate.label, "params": o.candidate.params, "val_acc": o.val_acc, "test": o.test,
+            "run_dir": o.run_dir, "stopped": o.stopped, "empty": o.empty, "pool": [dataclasses.asdict(e) for e in o.candidate.pool]}
+
+
+def _curve(search: schedulers.ThresholdSearch) -> list[dict]:
+    return [{"h": h, "val_acc": o.val_acc, "test": o.test, "stopped": o.stopped, "empty": o.empty}
+            for h, o in search.curve.items()]
+
+
+def _step(step: schedulers.MsaStep) -> dict:
+    return {"source": step.source, "measurer": step.measurer, "h": step.search.h,
+            "measurer_accs": {m: o.val_acc for m, o in step.measurer_accs.items()},
+            "curve": _curve(step.search), "chosen": _outcome(step.search.chosen)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML run config (make demo: configs/demo.yaml)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join; default: the job's cluster under `ray job submit`, "
+                             "else a private local Ray")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=7 storage.root=/tmp/run")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(args.config, args.overrides)
+    from clipvg.distributed.local_ray import init_ray
+
+    # Ctrl-C stops the pipeline at once (a rerun continues it). Tune's own handler would end
+    # the running search early and hand back unfinished trials as if the search were done.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    init_ray(args.address, args.num_cpus, dashboard=True)  # Tune's nested trainers need it
+    start = time.perf_counter()
+    pipeline = Pipeline(cfg)
+    report = pipeline.run()
+    print(f"\npipeline finished in {time.perf_counter() - start:.0f} s "
+          f"(ran {len(pipeline.ran)} stages, skipped {len(pipeline.skipped)} finished ones)")
+    print(report.get("summary", ""))
+    print(f"report: {report['markdown']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ray_jobs/pipeline.py``: ``clipvg pipeline`` with the same arguments."""
+    from clipvg.cli import main as cli_main
+
+    return cli_main(["pipeline", *(sys.argv[1:] if argv is None else argv)])

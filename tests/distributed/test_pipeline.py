@@ -1,0 +1,152 @@
+"""``clipvg pipeline`` end to end under ``ray job submit`` on a tiny world, outputs on S3 (moto):
+the job killed mid-way (``ray job stop`` once the template measurer's scores are written) and
+submitted again finishes without redoing the finished stages, with the result an uninterrupted
+run gives (``tests/golden/pipeline_tiny.json``; regenerate with CLIPVG_UPDATE_GOLDEN=1, which
+runs the job once, uninterrupted). A third run in this process skips every stage."""
+
+import json
+import os
+import shlex
+import time
+
+import pyarrow.compute as pc
+import pytest
+
+from clipvg.config import load_config
+from clipvg.data import storage
+from clipvg.distributed.pipeline import Pipeline
+from clipvg_tests_ray_head import JOB_TIMEOUT_S, REPO, TERMINAL, wait
+from tiny_train import TINY_TRAIN
+
+GOLDEN = REPO / "tests" / "golden" / "pipeline_tiny.json"
+UPDATE = bool(os.environ.get("CLIPVG_UPDATE_GOLDEN"))
+TINY_PIPELINE = [
+    *TINY_TRAIN, "train.epochs=1", "curriculum.sources=[template,relation]",
+    "curriculum.thresholds=[0.0,0.5]", "curriculum.h0=0.5", "curriculum.source_order=search",
+    "curriculum.launcher=in_trial", "curriculum.max_concurrent_trials=2",
+    "curriculum.scoring.actors=1", "curriculum.scoring.cpus_per_actor=0.5", "curriculum.scoring.batch_size=8",
+    "storage.run_name=tiny",
+]
+STAGES = ["world", "pseudo:template", "pseudo:relation", "measurers", "scores:template", "scores:relation",
+          "ssa", "msa", "finals", "report"]
+METHODS = ("raw_template", "ssa", "raw_union", "msa", "full_supervised")
+
+
+def result_of(p: Pipeline) -> dict:
+    """What must not depend on interruptions: every decision and number of the run."""
+    report = storage.read_json(f"{p.run_dir}/report/report.json", **p.options)
+    scores = {f"{m}-on-{s}": {k: v for k, v in p.outputs[f"scores:{m}"][s].items() if k not in ("uri", "histogram")}
+              for m in p.sources for s in p.sources}
+    return {"report": {k: report[k] for k in (*METHODS, "thresholds", "source_order", "searched")},
+            "pseudo_rows": report["pseudo_rows"], "scores": scores}
+
+
+@pytest.fixture(scope="module")
+def run(head, client, s3, tiny_world):
+    root = s3.uri("pipeline")
+    overrides = [*TINY_PIPELINE, f"storage.root={root}", f"data.uri={tiny_world}",
+                 f"storage.endpoint_url={s3.endpoint_url}"]
+    cfg = load_config(None, overrides)
+    entry = shlex.join(["python", "ray_jobs/pipeline.py", *overrides])
+    env = {"working_dir": str(REPO)}
+    stop_after = f"{root}/tiny/stages/scores-template.json"
+    t0 = time.monotonic()
+    first = client.submit_job(entrypoint=entry, runtime_env=env)
+    finished_before = {}
+    if not UPDATE:
+        while not storage.exists(stop_after, **s3.options):
+            assert str(client.get_job_status(first).value) not in TERMINAL, client.get_job_logs(first)[-6000:]
+            assert time.monotonic() - t0 < JOB_TIMEOUT_S, "the pipeline did not reach scores:template in time"
+            time.sleep(0.3)
+        client.stop_job(first)
+        assert wait(client, first, timeout=120) == "STOPPED"
+        fs, path = storage.filesystem(f"{root}/tiny/stages", **s3.options)
+        fs.invalidate_cache()
+        for name in fs.ls(path, detail=False):
+            finished_before[name.rsplit("/", 1)[-1]] = json.loads(fs.cat_file(name))["finished_at"]
+        print(f"\nfirst job stopped after {time.monotonic() - t0:.0f} s with {sorted(finished_before)}")
+        second = client.submit_job(entrypoint=entry, runtime_env=env)
+    else:
+        second = first
+    status = wait(client, second, timeout=JOB_TIMEOUT_S)
+    log = client.get_job_logs(second)
+    print(f"pipeline job {status} after {time.monotonic() - t0:.0f} s in all\n{log[-2500:]}")
+    assert status == "SUCCEEDED", log[-6000:]
+    p = Pipeline(cfg)
+    p.run()  # every stage finished: reads the manifests, runs nothing
+    return p, log, finished_before
+
+
+def test_the_rerun_skips_the_stages_finished_before_the_kill(run):
+    p, log, finished_before = run
+    if UPDATE:
+        pytest.skip("golden regeneration runs the job uninterrupted")
+    assert "report.json" not in finished_before and "scores-template.json" in finished_before
+    for stage in ("world", "pseudo:template", "pseudo:relation", "measurers", "scores:template"):
+        assert f"[pipeline] {stage}: finished earlier" in log, stage
+    for name, when in finished_before.items():  # finished stages were not redone
+        assert storage.read_json(f"{p.run_dir}/stages/{name}", **p.options)["finished_at"] == when, name
+
+
+def close(got, want, path="result"):
+    """Equal structure and values; floats to 1e-4 relative (thread counts and SIMD width may
+    reorder float sums on another machine)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (path, got, want)
+        for k in want:
+            close(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), (path, got, want)
+        for i, (a, b) in enumerate(zip(got, want)):
+            close(a, b, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), path
+    else:
+        assert got == want, path
+
+
+def test_the_result_is_the_uninterrupted_runs(run):
+    p, _, _ = run
+    got = result_of(p)
+    if UPDATE:
+        GOLDEN.write_text(json.dumps({"overrides": TINY_PIPELINE, **got}, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["overrides"] == TINY_PIPELINE, "the golden run's config changed: regenerate"
+    close(got, {k: v for k, v in golden.items() if k != "overrides"})
+
+
+def test_a_third_run_skips_every_stage(run):
+    p, _, _ = run
+    assert p.ran == [] and p.skipped == STAGES
+
+
+def test_scores_have_one_row_per_pseudo_label_for_every_measurer_and_source(run):
+    p, _, _ = run
+    for s in p.sources:
+        samples = storage.read_table(p.samples_uri(s), **p.options)
+        assert samples.num_rows == p.outputs[f"pseudo:{s}"]["rows"] > 0
+        assert set(samples.column("source").to_pylist()) == {s}
+        for m in p.sources:
+            scores = storage.read_table(p.scores_uri(m, s), **p.options)
+            assert sorted(scores.column("sample_id").to_pylist()) == sorted(samples.column("sample_id").to_pylist())
+            assert set(scores.column("measurer").to_pylist()) == {m}
+            r = scores.column("reliability")
+            assert r.null_count == 0 and pc.min(r).as_py() >= 0 and pc.max(r).as_py() <= 1
+
+
+def test_the_report_holds_every_method_threshold_and_order(run):
+    p, _, _ = run
+    report = storage.read_json(f"{p.run_dir}/report/report.json", **p.options)
+    for m in METHODS:
+        assert set(report[m]) == {"val", "test"}, m
+        assert 0 <= report[m]["test"] <= 1
+    assert report["thresholds"]["ssa"] in (0.0, 0.5)
+    assert set(report["thresholds"]["msa"]) == {"template", "relation"}
+    assert sorted(report["source_order"]) == ["relation", "template"]
+    assert set(report["searched"]["order_accs"]) == {"template > relation", "relation > template"}
+    # MSA's final pool is the best order's
+    assert report["msa"]["val"] == max(report["searched"]["order_accs"].values())
+    for name in report["figures"].values():
+        assert storage.exists(f"{p.run_dir}/report/{name}", **p.options), name
+    md = storage.read_bytes(f"{p.run_dir}/report/report.md", **p.options).decode()
+    assert "| MSA (multi-source) (`msa`) |" in md
