@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=12
 
 demo: $(STAMP)
-	$(BIN)/clipvg demo --config configs/demo.yaml $(ARGS)
+	$(BIN)/clipvg pipeline --config configs/demo.yaml $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

@@ -137,6 +137,11 @@ class TrainConfig:
     seed: int = 13
     log_every: int = 10  # steps
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke runs)
+    # An epoch draws this many training samples (reshuffled passes over the pool) instead of one
+    # pass: every model then gets the same number of updates whatever its pool's size, so a
+    # curriculum's smaller, cleaner subsets are compared at equal compute. Single-process engine
+    # only (train-local, curriculum.launcher=in_trial); None = the official one pass per epoch.
+    samples_per_epoch: int | None = None
     # true = continue the run storage.root/run_name from its last checkpoint (an error if it has
     # none); a rerun of the same run name continues from its last checkpoint either way
     resume: bool = False
@@ -174,6 +179,9 @@ class CurriculumConfig:
     search: Literal["grid", "refine"] = "grid"
     refine_steps: int = 4
     h0: float = 0.5  # MSA's fixed threshold for measurer selection [UNVERIFIED in the paper]
+    # "search": at each MSA step every measurer's subset at h0 is tried (SR and CR);
+    # "own": each source is scored by its own measurer (SR only; fewer trainings)
+    measurer_selection: Literal["search", "own"] = "search"
     # "search": every order of the sources is a Tune trial; "greedy": at each step, the source
     # whose best subset helps the pool most; "given": the order of ``sources``
     source_order: Literal["search", "greedy", "given"] = "search"
@@ -350,6 +358,7 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (TrainConfig, "lr"): (lambda v: v > 0, "must be > 0"),
     (TrainConfig, "weight_decay"): (lambda v: v >= 0, "must be >= 0"),
     (TrainConfig, "warmup_steps"): (lambda v: v >= 0, "must be >= 0"),
+    (TrainConfig, "samples_per_epoch"): (lambda v: v is None or v >= 1, "must be >= 1 or null"),
     (FusionConfig, "layers"): (lambda v: v >= 1, "must be >= 1"),
     (FusionConfig, "dropout"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (ModelConfig, "image_size"): (lambda v: v >= 32, "must be >= 32"),

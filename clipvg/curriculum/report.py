@@ -146,7 +146,8 @@ def _markdown(pipeline, acc: dict, report: dict, figs: dict) -> str:
     if o["msa"]["order_accs"]:
         lines += ["| source order | final val Acc@0.5 |", "|---|---|"]
         lines += [f"| {k} | {_pct(v)} |" for k, v in o["msa"]["order_accs"].items()] + [""]
-    lines += ["| MSA step | source | measurer (val acc at h0) | chosen | h |", "|---|---|---|---|---|"]
+    lines += [f"Measurer selection: {c.measurer_selection}.", "",
+              "| MSA step | source | measurer (val acc at h0) | chosen | h |", "|---|---|---|---|---|"]
     for i, s in enumerate(o["msa"]["steps"], 1):
         accs = ", ".join(f"{m} {_pct(a)}" for m, a in s["measurer_accs"].items())
         lines.append(f"| {i} | {s['source']} | {accs} | {s['measurer']} | {s['h']:g} |")

@@ -147,29 +147,37 @@ class MsaResult:
 def msa_step(pool: list[PoolEntry], source: str, samples: dict[str, str], scores: dict[tuple[str, str], str],
              measurers: Sequence[str], h0: float, thresholds: Sequence[float], evaluate: Evaluate, *,
              refine_steps: int | None = None, step: int = 1) -> MsaStep:
-    """Measurer selection at fixed ``h0``, then the threshold search for that measurer."""
+    """Measurer selection at fixed ``h0`` (skipped when there is one measurer to choose
+    from), then the threshold search for that measurer."""
     # the source's own measurer first, so it wins ties
     order = sorted(measurers, key=lambda m: (m != source, list(measurers).index(m)))
-    at_h0 = evaluate([Candidate(f"msa{step} {source} by {m} h={h0:g}",
-                                [*pool, entry(samples[source], scores[(m, source)], h0)],
-                                {"measurer": m, "h": h0, "source": source}) for m in order])
-    accs = dict(zip(order, at_h0))
-    chosen = best(at_h0).candidate.params["measurer"]
+    accs: dict[str, Outcome] = {}
+    if len(order) > 1:
+        at_h0 = evaluate([Candidate(f"msa{step} {source} by {m} h={h0:g}",
+                                    [*pool, entry(samples[source], scores[(m, source)], h0)],
+                                    {"measurer": m, "h": h0, "source": source}) for m in order])
+        accs = dict(zip(order, at_h0))
+    chosen = best(list(accs.values())).candidate.params["measurer"] if accs else order[0]
     search = search_threshold(pool, samples[source], scores[(chosen, source)], thresholds, evaluate,
                               label=f"msa{step} {source} by {chosen}", refine_steps=refine_steps,
                               params={"measurer": chosen, "source": source})
     return MsaStep(source, accs, chosen, search, search.chosen.candidate.pool)
 
 
+def _measurers_for(source: str, measurers: Sequence[str], own_measurer: bool) -> list[str]:
+    return [source] if own_measurer else list(measurers)
+
+
 def msa(order: Sequence[str], samples: dict[str, str], scores: dict[tuple[str, str], str],
         measurers: Sequence[str], h0: float, thresholds: Sequence[float], evaluate: Evaluate, *,
-        refine_steps: int | None = None) -> MsaResult:
-    """MSA (§7) along a given source order: the pool grows one selected subset per source."""
+        refine_steps: int | None = None, own_measurer: bool = False) -> MsaResult:
+    """MSA (§7) along a given source order: the pool grows one selected subset per source.
+    ``own_measurer``: every source is scored by its own measurer (SR only, no selection)."""
     pool: list[PoolEntry] = []
     steps = []
     for t, source in enumerate(order, 1):
-        s = msa_step(pool, source, samples, scores, measurers, h0, thresholds, evaluate,
-                     refine_steps=refine_steps, step=t)
+        s = msa_step(pool, source, samples, scores, _measurers_for(source, measurers, own_measurer), h0,
+                     thresholds, evaluate, refine_steps=refine_steps, step=t)
         steps.append(s)
         pool = s.pool
     return MsaResult(list(order), steps)
@@ -177,14 +185,15 @@ def msa(order: Sequence[str], samples: dict[str, str], scores: dict[tuple[str, s
 
 def msa_greedy(samples: dict[str, str], scores: dict[tuple[str, str], str], measurers: Sequence[str],
                h0: float, thresholds: Sequence[float], evaluate: Evaluate, *,
-               refine_steps: int | None = None) -> MsaResult:
+               refine_steps: int | None = None, own_measurer: bool = False) -> MsaResult:
     """MSA with a greedy source order: at each step every remaining source is tried and the
     one whose best subset gives the best model joins the pool."""
     pool: list[PoolEntry] = []
     remaining, steps = list(samples), []
     while remaining:
-        tries = [msa_step(pool, s, samples, scores, measurers, h0, thresholds, evaluate,
-                          refine_steps=refine_steps, step=len(steps) + 1) for s in remaining]
+        tries = [msa_step(pool, s, samples, scores, _measurers_for(s, measurers, own_measurer), h0,
+                          thresholds, evaluate, refine_steps=refine_steps, step=len(steps) + 1)
+                 for s in remaining]
         pick = max(tries, key=lambda s: s.search.chosen.score)  # ties: the earlier source
         steps.append(pick)
         pool = pick.pool

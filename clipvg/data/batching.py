@@ -13,7 +13,7 @@ import random
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
 from clipvg.config import Config, DataConfig
 from clipvg.data.text import prepare_text, tokenize
@@ -90,11 +90,16 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
         dataset = FreshWorld(cfg.data.synth, cfg.data.seed, transform, epoch_samples=len(dataset))
         expr_types = None
     generator = torch.Generator().manual_seed(cfg.train.seed)
+    sampler = None
+    if train and cfg.train.samples_per_epoch and not isinstance(dataset, IterableDataset):
+        # reshuffled passes over the data, cfg.train.samples_per_epoch samples per epoch
+        sampler = RandomSampler(dataset, num_samples=cfg.train.samples_per_epoch, generator=generator)
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
-        shuffle=train and not isinstance(dataset, IterableDataset),
-        drop_last=train and len(dataset) >= cfg.train.batch_size,
+        sampler=sampler,
+        shuffle=train and sampler is None and not isinstance(dataset, IterableDataset),
+        drop_last=train and (sampler is not None or len(dataset) >= cfg.train.batch_size),
         num_workers=cfg.data.loader_workers,
         collate_fn=partial(collate, context_length=cfg.model.context_length, overflow=cfg.data.text_overflow,
                            expr_types=expr_types),

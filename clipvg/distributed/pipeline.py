@@ -58,10 +58,11 @@ def resolve_paths(cfg: Config) -> Config:
     return dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=root), model=model, data=data)
 
 
-def _msa_along(order: list, evaluate, *, samples, scores, measurers, h0, thresholds, refine_steps):
+def _msa_along(order: list, evaluate, *, samples, scores, measurers, h0, thresholds, refine_steps,
+               own_measurer):
     """MSA along one order (module level: Tune ships it to the order trials)."""
     return schedulers.msa(order, samples, scores, measurers, h0, thresholds, evaluate,
-                          refine_steps=refine_steps)
+                          refine_steps=refine_steps, own_measurer=own_measurer)
 
 
 class Pipeline:
@@ -140,7 +141,8 @@ class Pipeline:
         search = {"thresholds": c.thresholds, "search": c.search, "refine_steps": c.refine_steps,
                   "training": self._training_part(self.trial_epochs)}
         self.stage("ssa", search, [f"scores:{self.sources[0]}"], self._ssa)
-        self.stage("msa", {**search, "h0": c.h0, "order": c.source_order, "sources": self.sources}, scores, self._msa)
+        self.stage("msa", {**search, "h0": c.h0, "order": c.source_order, "sources": self.sources,
+                           "measurer_selection": c.measurer_selection}, scores, self._msa)
         self.stage("finals", self._training_part(self.final_epochs), ["ssa", "msa", "measurers"], self._finals)
         self.stage("report", {"version": 1}, ["finals", "ssa", "msa", *scores, *pseudo], self._report)
         return self.outputs["report"]
@@ -217,12 +219,14 @@ class Pipeline:
         samples = {s: self.samples_uri(s) for s in self.sources}
         scores = {(m, s): self.scores_uri(m, s) for m in self.sources for s in self.sources}
         refine = c.refine_steps if c.search == "refine" else None
+        own = c.measurer_selection == "own"
         run_msa = functools.partial(_msa_along, samples=samples, scores=scores, measurers=self.sources,
-                                    h0=c.h0, thresholds=c.thresholds, refine_steps=refine)
+                                    h0=c.h0, thresholds=c.thresholds, refine_steps=refine, own_measurer=own)
         order_accs = {}
         if c.source_order == "greedy":
             result = schedulers.msa_greedy(samples, scores, self.sources, c.h0, c.thresholds,
-                                           self.evaluator(self.trial_epochs), refine_steps=refine)
+                                           self.evaluator(self.trial_epochs), refine_steps=refine,
+                                           own_measurer=own)
         else:
             order = self.sources
             if c.source_order == "search" and len(self.sources) > 1:

@@ -37,6 +37,9 @@ log = logging.getLogger("clipvg.train")
 def resolve_config(cfg: Config) -> Config:
     """Local paths made absolute (Ray Train needs an absolute storage path; workers may run
     elsewhere), and ``data.uri`` set to the dataset the run uses."""
+    if cfg.train.samples_per_epoch is not None:
+        raise ConfigError("train.samples_per_epoch is supported by the single-process engine only "
+                          "(clipvg train-local, curriculum.launcher=in_trial); Ray Train runs one pass per epoch")
     root = cfg.storage.root
     if "://" not in root:
         root = str(Path(root).expanduser().resolve())

@@ -97,3 +97,12 @@ def test_all_orders():
 def test_a_stopped_trial_never_wins():
     o = [sch.Outcome(sch.Candidate("a", []), None, stopped=True), sch.Outcome(sch.Candidate("b", []), 0.0)]
     assert sch.best(o).candidate.label == "b"
+
+
+def test_own_measurer_skips_the_selection_trainings():
+    fake = FakeTrainer(lambda s, m, h: 0.5 if m == s else 0.9)  # CR would win if it were tried
+    result = sch.msa(["template", "relation"], SAMPLES, SCORES, list(SAMPLES), 0.5, [0.3, 0.5], fake,
+                     own_measurer=True)
+    assert [s.measurer for s in result.steps] == ["template", "relation"]
+    assert all(s.measurer_accs == {} for s in result.steps)
+    assert len(fake.calls) == 4  # two thresholds per step, nothing else
