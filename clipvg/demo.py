@@ -1,8 +1,8 @@
 """``clipvg demo``: the embedded default, end to end, in this process.
 
 synthetic world -> CLIP-VG training (local engine) -> held-out evaluation of the best checkpoint
--> ``curve.png`` and ``predictions.png`` in the run folder. ``make demo`` runs this with
-``configs/demo.yaml``; later milestones replace it with the full curriculum pipeline on Ray.
+-> ``curve.png`` and ``predictions.png`` in the run folder: one model on the ground truth, in
+this process. ``make demo`` runs the whole curriculum pipeline instead (``clipvg pipeline``).
 """
 
 from __future__ import annotations

@@ -21,3 +21,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, _node_ip_address="127.0.0.1",
              log_to_driver=log_to_driver, configure_logging=False)
+
+
+def add_ray_arguments(parser) -> None:
+    """``--address`` and ``--num-cpus``, shared by every command that runs on Ray."""
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join ('auto', ray://...); default: the job's cluster "
+                             "under `ray job submit`, else a private local Ray")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")

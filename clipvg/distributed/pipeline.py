@@ -282,10 +282,9 @@ def _step(step: schedulers.MsaStep) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML run config (make demo: configs/demo.yaml)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join; default: the job's cluster under `ray job submit`, "
-                             "else a private local Ray")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")
+    from clipvg.distributed.local_ray import add_ray_arguments
+
+    add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=7 storage.root=/tmp/run")
 
 

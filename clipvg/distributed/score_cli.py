@@ -32,10 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=None,
                         help="source name in the table (default: the samples' source column when it "
                              "holds one value, else the samples folder's name)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join ('auto', ray://...); default: the job's cluster "
-                             "under `ray job submit`, else a private local Ray")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")
+    from clipvg.distributed.local_ray import add_ray_arguments
+
+    add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. curriculum.scoring.actors=2")
 
 

@@ -122,10 +122,9 @@ def train(cfg: Config, callbacks: list | None = None) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config (default: built-in defaults)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join ('auto', ray://...); default: the job's cluster "
-                             "under `ray job submit`, else a private local Ray")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")
+    from clipvg.distributed.local_ray import add_ray_arguments
+
+    add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. scaling.num_workers=2")
 
 
