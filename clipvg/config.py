@@ -197,6 +197,9 @@ class CurriculumConfig:
     early_stopping: Literal["none", "asha"] = "none"  # asha: ray_train only (per-epoch reports)
     asha_grace_epochs: int = 2
     trial_epochs: int | None = None  # epochs of every search trial; None = train.epochs
+    # in_trial launcher only: train.samples_per_epoch of every training of the pipeline (every
+    # model gets the same number of updates whatever its pool's size; see docs/curriculum.md)
+    samples_per_epoch: int | None = None
     final_epochs: int | None = None  # epochs of the final / baseline models; None = train.epochs
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
@@ -359,6 +362,7 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (TrainConfig, "weight_decay"): (lambda v: v >= 0, "must be >= 0"),
     (TrainConfig, "warmup_steps"): (lambda v: v >= 0, "must be >= 0"),
     (TrainConfig, "samples_per_epoch"): (lambda v: v is None or v >= 1, "must be >= 1 or null"),
+    (CurriculumConfig, "samples_per_epoch"): (lambda v: v is None or v >= 1, "must be >= 1 or null"),
     (FusionConfig, "layers"): (lambda v: v >= 1, "must be >= 1"),
     (FusionConfig, "dropout"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (ModelConfig, "image_size"): (lambda v: v >= 32, "must be >= 32"),
@@ -384,6 +388,9 @@ def _check_values(obj: Any, where: str) -> None:
         rule = _RULES.get((type(obj), f.name))
         if rule and not rule[0](getattr(obj, f.name)):
             raise ConfigError(f"{_join(where, f.name)}: {getattr(obj, f.name)!r} {rule[1]}")
+    if isinstance(obj, CurriculumConfig) and obj.samples_per_epoch is not None and obj.launcher != "in_trial":
+        raise ConfigError(f"{_join(where, 'samples_per_epoch')}: needs curriculum.launcher=in_trial "
+                          "(Ray Train runs one pass over the pool per epoch)")
     if isinstance(obj, PoolEntry) and obj.threshold is not None and obj.scores is None:
         raise ConfigError(f"{_join(where, 'threshold')}: a threshold needs a scores table (scores: URI)")
     if isinstance(obj, SynthConfig) and obj.max_objects < obj.min_objects:

@@ -120,7 +120,9 @@ class Pipeline:
 
     def _training_part(self, epochs: int) -> dict:
         cfg = to_dict(self.cfg)
-        return {"model": cfg["model"], "train": {**cfg["train"], "epochs": epochs, "resume": False},
+        per_epoch = self.cfg.curriculum.samples_per_epoch or self.cfg.train.samples_per_epoch
+        return {"model": cfg["model"],
+                "train": {**cfg["train"], "epochs": epochs, "resume": False, "samples_per_epoch": per_epoch},
                 "data": {k: v for k, v in cfg["data"].items() if k not in ("uri", "train_pool")},
                 "num_workers": self.cfg.scaling.num_workers}
 

@@ -48,10 +48,11 @@ def training_key(cfg: Config) -> str:
 def trial_config(base: Config, pool: list, *, trials_root: str, epochs: int) -> Config:
     """The config of training on ``pool``: its own run folder under ``trials_root``, named by
     the pool and the training settings (``<pool key>-<settings key>``)."""
+    per_epoch = base.curriculum.samples_per_epoch or base.train.samples_per_epoch
     cfg = dataclasses.replace(
         base,
         data=dataclasses.replace(base.data, train_pool=list(pool)),
-        train=dataclasses.replace(base.train, epochs=epochs, resume=False))
+        train=dataclasses.replace(base.train, epochs=epochs, resume=False, samples_per_epoch=per_epoch))
     name = f"{pool_key(pool) if pool else 'gt'}-{training_key(cfg)}"
     return dataclasses.replace(cfg, storage=dataclasses.replace(base.storage, root=trials_root, run_name=name))
 
