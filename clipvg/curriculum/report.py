@@ -82,22 +82,19 @@ def plot_methods(acc: dict, split: str, path: Path) -> Path:
     return path
 
 
-def _scores_tables(pipeline) -> dict:
-    tables = {}
-    for m in pipeline.sources:
-        for s in pipeline.sources:
-            uri = pipeline.scores_uri(m, s)
-            tables[(m, s)] = storage.read_table(uri, columns=["reliability", "measurer", "source"],
-                                                **pipeline.options)
-    return tables
+def _histograms(pipeline) -> dict:
+    """(measurer, source) -> the histogram record the scores stage wrote next to its table."""
+    from clipvg.curriculum.plots import HISTOGRAM_JSON
+
+    return {(m, s): storage.read_json(storage.join(pipeline.scores_uri(m, s), HISTOGRAM_JSON), **pipeline.options)
+            for m in pipeline.sources for s in pipeline.sources}
 
 
 def _figures(pipeline, acc: dict, split: str, out: Path) -> dict[str, str]:
-    from clipvg.curriculum.plots import histogram_record, plot_histogram, plot_sr_cr_matrix
+    from clipvg.curriculum.plots import plot_histogram, plot_sr_cr_matrix
 
     o = pipeline.outputs
-    bins = pipeline.cfg.curriculum.histogram_bins
-    hists = {k: histogram_record(t, bins) for k, t in _scores_tables(pipeline).items()}
+    hists = _histograms(pipeline)  # written by the scores stages: not recomputed from the tables
     figs = {"methods": plot_methods(acc, split, out / "methods.png"),
             "thresholds": plot_threshold_curves(o["ssa"], o["msa"], out / "threshold_curves.png"),
             "sr_cr": Path(plot_sr_cr_matrix(hists, str(out / "sr_cr_histograms.png")))}

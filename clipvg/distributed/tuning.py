@@ -129,10 +129,13 @@ class TuneEvaluator:
         return False
 
     def __call__(self, candidates: list[Candidate]) -> list[Outcome]:
-        empty = {id(c) for c in candidates if self._history(c) is None and self._empty(c)}
-        todo = [c for c in candidates if id(c) not in empty and self._history(c) is None]
+        # each run's history.json is read once before the search and, for those it trains, once after
+        done = {id(c): self._history(c) for c in candidates}
+        empty = {id(c) for c in candidates if done[id(c)] is None and self._empty(c)}
+        todo = [c for c in candidates if id(c) not in empty and done[id(c)] is None]
         last = self._tune(todo) if todo else {}
-        results = [Outcome(c, None, empty=True) if id(c) in empty else outcome(c, self._history(c), last.get(id(c)))
+        done.update({id(c): self._history(c) for c in todo})
+        results = [Outcome(c, None, empty=True) if id(c) in empty else outcome(c, done[id(c)], last.get(id(c)))
                    for c in candidates]
         for o in results:
             note = " (stopped early)" if o.stopped else " (selects no sample: not trained)" if o.empty else ""
