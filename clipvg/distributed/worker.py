@@ -37,6 +37,10 @@ from clipvg.engine.steps import build_optimizer, evaluate, lr_factor, train_step
 log = logging.getLogger("clipvg.train")
 BEST = "best"
 CHECKPOINT_PREFIX = "checkpoint_epoch"  # + 4-digit epoch: names sort by epoch
+# Written into a checkpoint folder on storage once Ray's upload of it has returned. Ray copies
+# the folder's files in parallel threads, so no file of the checkpoint itself can mark it
+# complete: state.json may land before model.safetensors is fully written.
+COMPLETE_MARKER = "COMPLETE"
 
 
 @dataclass
@@ -114,7 +118,7 @@ def _build(cfg: Config, ctx: Ctx):
 
 
 def latest_checkpoint(run_dir: str, **storage_options) -> str | None:
-    """The run's newest complete checkpoint (``state.json`` is written last), or None.
+    """The run's newest complete checkpoint (one with ``COMPLETE_MARKER``), or None.
 
     Read from storage rather than from ``ray.train.get_checkpoint()``: Ray records a checkpoint
     only after the upload, so a worker, node or driver lost in between would otherwise restart
@@ -124,7 +128,7 @@ def latest_checkpoint(run_dir: str, **storage_options) -> str | None:
     if not fs.exists(path):
         return None
     names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    done = [n for n in names if n.startswith(CHECKPOINT_PREFIX) and fs.exists(f"{path}/{n}/state.json")]
+    done = [n for n in names if n.startswith(CHECKPOINT_PREFIX) and fs.exists(f"{path}/{n}/{COMPLETE_MARKER}")]
     return storage.join(run_dir, done[-1]) if done else None
 
 
@@ -170,7 +174,7 @@ def _stream(cfg: Config, job: WorkerJob, split: str, ctx: Ctx, *, epoch: int, tr
     batches = iter(())
     if plan.inputs.num_rows:
         ds = build_dataset(plan, spec, int_truncation=cfg.data.box_int_truncation,
-                           num_cpus=cfg.scaling.data_cpus)
+                           num_cpus=cfg.scaling.data_cpus, resources=cfg.scaling.data_resources)
         batch_size = cfg.train.batch_size if train else cfg.train.eval_batch_size
         batches = iter_model_batches(
             ds, job.plans[split].index(), batch_size=batch_size, normalize=cfg.data.augment.normalize,
@@ -306,8 +310,11 @@ def _report_epoch(cfg: Config, job: WorkerJob, raw_model, optimizer, state: Trai
         save_training_state(folder, raw_model, optimizer, state, cfg)
         if improved:
             _publish_best(folder, cfg.run_dir, job.storage_options)
+        name = f"{CHECKPOINT_PREFIX}{record['epoch']:04d}"
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{record['epoch']:04d}")
+                         checkpoint_dir_name=name,  # SYNC: returns once the upload is done
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.SYNC)
+    storage.write_bytes(b"", storage.join(cfg.run_dir, name, COMPLETE_MARKER), **job.storage_options)
 
 
 def _publish_best(folder: str, run_dir: str, storage_options: dict) -> None:

@@ -18,6 +18,7 @@ from ray.cluster_utils import Cluster
 from clipvg.config import load_config
 from clipvg.data import storage
 from clipvg.distributed import trainer
+from clipvg.distributed.worker import COMPLETE_MARKER
 
 NODE = dict(num_cpus=1, object_store_memory=200 * 2**20, node_ip_address="127.0.0.1")
 
@@ -31,7 +32,7 @@ def worker_node_id() -> str | None:
 
 
 def kill_during_epoch_2(cluster: Cluster, run_dir: str, report: dict) -> None:
-    while not storage.exists(f"{run_dir}/checkpoint_epoch0001/state.json"):
+    while not storage.exists(f"{run_dir}/checkpoint_epoch0001/{COMPLETE_MARKER}"):
         time.sleep(0.1)
     node_id = worker_node_id()
     fs, path = storage.filesystem(run_dir)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from clipvg.data import storage
+from clipvg.distributed.worker import COMPLETE_MARKER
 from clipvg.engine.run_log import read_metrics
 from clipvg_tests_ray_head import JOB_TIMEOUT_S, REPO, TERMINAL, wait
 
@@ -95,13 +96,13 @@ def test_head_is_separate_from_the_in_process_ray(head, client, ray_local):
 
 
 def checkpoints_in(run_dir: str, options: dict) -> list[str]:
-    """The complete checkpoint folders of a run (state.json is written last)."""
+    """The complete checkpoint folders of a run (the COMPLETE marker follows the upload)."""
     fs, path = storage.filesystem(run_dir, **options)
     fs.invalidate_cache()
     if not fs.exists(path):
         return []
     names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    return [n for n in names if n.startswith("checkpoint_epoch") and fs.exists(f"{path}/{n}/state.json")]
+    return [n for n in names if n.startswith("checkpoint_epoch") and fs.exists(f"{path}/{n}/{COMPLETE_MARKER}")]
 
 
 @pytest.mark.slow

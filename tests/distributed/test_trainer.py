@@ -69,6 +69,7 @@ def test_one_worker_writes_checkpoints_metrics_and_best_model(one_worker, tiny_w
     kept = checkpoints(str(run_dir))
     # the best (by val accuracy) and the latest survive; the rest are deleted
     assert kept == sorted({f"checkpoint_epoch{best:04d}", "checkpoint_epoch0003"})
+    assert all((run_dir / name / "COMPLETE").exists() for name in kept), "a kept checkpoint is unmarked"
     state = read_state(run_dir / "checkpoint_epoch0003")
     assert state.epoch == 3 and state.best_epoch == best and len(state.history) == 3
     assert state.data_position["epoch"] == 3
