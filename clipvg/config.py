@@ -213,6 +213,12 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
     data_cpus: float = 1.0  # CPUs per Ray Data decode task (fractional on small machines)
+    # Placement on a cluster (docs/cluster.md): extra Ray resources asked for by every model
+    # replica (Ray Train worker, scoring actor, in-trial training), e.g. {clipvg_model: 1}, and
+    # by every Ray Data read/decode/generate task, e.g. {clipvg_data: 1}. Nodes that advertise
+    # the resource take the work; the autoscaler starts such nodes. Empty = anywhere.
+    model_resources: dict[str, float] = field(default_factory=dict)
+    data_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -351,6 +357,14 @@ def _type_name(tp: Any) -> str:
     return " | ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
 
 
+_CUSTOM_RESOURCES = "must map custom resource names to amounts > 0 (CPU, GPU and memory have keys of their own)"
+
+
+def _custom_resources(v: dict) -> bool:
+    return all(isinstance(k, str) and k and k not in ("CPU", "GPU", "memory", "object_store_memory")
+               and isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for k, a in v.items())
+
+
 # Value ranges that types alone cannot express: (section class, field) -> (check, message)
 _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (SynthConfig, "min_objects"): (lambda v: v >= 1, "must be >= 1"),
@@ -370,6 +384,8 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (ScalingConfig, "num_workers"): (lambda v: v >= 1, "must be >= 1"),
     (ScalingConfig, "cpus_per_worker"): (lambda v: v > 0, "must be > 0"),
     (ScalingConfig, "data_cpus"): (lambda v: v > 0, "must be > 0"),
+    (ScalingConfig, "model_resources"): (lambda v: _custom_resources(v), _CUSTOM_RESOURCES),
+    (ScalingConfig, "data_resources"): (lambda v: _custom_resources(v), _CUSTOM_RESOURCES),
     (TrainConfig, "max_failures"): (lambda v: v >= -1, "must be >= -1 (-1 = retry forever)"),
     (CurriculumConfig, "h0"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (CurriculumConfig, "max_concurrent_trials"): (lambda v: v >= 1, "must be >= 1"),

@@ -49,6 +49,9 @@ def test_int_is_accepted_for_float_but_not_bool_for_int():
         ("data.synth.max_objects=1", "max_objects"),
         ("train.epochs", "not of the form"),
         ("train=3", "train: expected a mapping"),
+        ("scaling.model_resources={GPU: 1}", "scaling.model_resources: .* custom resource names"),
+        ("scaling.data_resources={clipvg_data: 0}", "scaling.data_resources: .* amounts > 0"),
+        ("scaling.data_resources=[clipvg_data]", "scaling.data_resources: expected a mapping"),
     ],
 )
 def test_bad_input_names_the_key(override, message):

@@ -65,10 +65,15 @@ def _msa_along(order: list, evaluate, *, samples, scores, measurers, h0, thresho
                           refine_steps=refine_steps, own_measurer=own_measurer)
 
 
-class Pipeline:
-    """One pipeline run under ``storage.root/storage.run_name``."""
+class StoppedAfter(Exception):
+    """Raised after the stage ``Pipeline(until=...)`` names; caught by :meth:`Pipeline.run`."""
 
-    def __init__(self, cfg: Config):
+
+class Pipeline:
+    """One pipeline run under ``storage.root/storage.run_name``; ``until`` = the last stage to
+    run (e.g. ``scores:template``: pseudo-labels, measurers and one scoring, nothing after)."""
+
+    def __init__(self, cfg: Config, until: str | None = None):
         self.cfg = resolve_paths(cfg)
         self.run_dir = self.cfg.run_dir
         self.options = storage.options_from_config(self.cfg.storage)
@@ -81,6 +86,14 @@ class Pipeline:
         c = self.cfg.curriculum
         self.trial_epochs = c.trial_epochs or self.cfg.train.epochs
         self.final_epochs = c.final_epochs or self.cfg.train.epochs
+        if until is not None and until not in self.stage_names():
+            raise ValueError(f"--until {until!r} is not a stage of this pipeline; its stages: "
+                             f"{', '.join(self.stage_names())}")
+        self.until = until
+
+    def stage_names(self) -> list[str]:
+        return ["world", *(f"pseudo:{s}" for s in self.sources), "measurers",
+                *(f"scores:{m}" for m in self.sources), "ssa", "msa", "finals", "report"]
 
     # ---------------------------------------------------------------- plumbing
     def uri(self, *parts: str) -> str:
@@ -96,6 +109,7 @@ class Pipeline:
             print(f"[pipeline] {name}: finished earlier ({done['finished_at']}), skipped", flush=True)
             self.skipped.append(name)
             self.outputs[name] = done["outputs"]
+            self._stop_if_last(name)
             return done["outputs"]
         print(f"[pipeline] {name}: running", flush=True)
         start = time.perf_counter()
@@ -105,7 +119,12 @@ class Pipeline:
         print(f"[pipeline] {name}: done in {seconds:.0f} s", flush=True)
         self.ran.append(name)
         self.outputs[name] = outputs
+        self._stop_if_last(name)
         return outputs
+
+    def _stop_if_last(self, name: str) -> None:
+        if name == self.until:
+            raise StoppedAfter(name)
 
     def base(self) -> Config:
         """The training config every stage starts from (data.uri = the world)."""
@@ -128,6 +147,14 @@ class Pipeline:
 
     # ---------------------------------------------------------------- the graph
     def run(self) -> dict:
+        """Run (or skip) every stage; the report stage's outputs, or ``{"stopped_after": name}``
+        when ``until`` stopped the run early."""
+        try:
+            return self._run_stages()
+        except StoppedAfter as stop:
+            return {"stopped_after": str(stop)}
+
+    def _run_stages(self) -> dict:
         c = self.cfg.curriculum
         world_part = {"uri": self.cfg.data.uri, "seed": self.cfg.data.seed, "synth": to_dict(self.cfg.data.synth)}
         self.stage("world", world_part, [], self._world)
@@ -165,7 +192,8 @@ class Pipeline:
         out = self.uri("pseudo", source)
         rows = generate_source(self.outputs["world"]["uri"], source, out, seed=self.cfg.data.seed,
                                options=self.cfg.curriculum.generators.get(source, {}),
-                               num_cpus=self.cfg.scaling.data_cpus, **self.options)
+                               num_cpus=self.cfg.scaling.data_cpus,
+                               resources=self.cfg.scaling.data_resources, **self.options)
         return {"uri": out, "rows": rows}
 
     def samples_uri(self, source: str) -> str:
@@ -287,6 +315,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from clipvg.distributed.local_ray import add_ray_arguments
 
     add_ray_arguments(parser)
+    parser.add_argument("--until", default=None, metavar="STAGE",
+                        help="stop after this stage (e.g. scores:template); a later run without it continues")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=7 storage.root=/tmp/run")
 
 
@@ -300,10 +330,13 @@ def run(args) -> int:
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     init_ray(args.address, args.num_cpus, dashboard=True)  # Tune's nested trainers need it
     start = time.perf_counter()
-    pipeline = Pipeline(cfg)
+    pipeline = Pipeline(cfg, until=args.until)
     report = pipeline.run()
     print(f"\npipeline finished in {time.perf_counter() - start:.0f} s "
           f"(ran {len(pipeline.ran)} stages, skipped {len(pipeline.skipped)} finished ones)")
+    if "stopped_after" in report:
+        print(f"stopped after {report['stopped_after']} (--until); rerun without it to continue")
+        return 0
     print(report.get("summary", ""))
     print(f"report: {report['markdown']}")
     return 0

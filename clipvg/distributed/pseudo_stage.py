@@ -79,13 +79,14 @@ def generate_batch(batch: pa.Table, *, source: str, seed: int, dataset: str, opt
 
 
 def generate_source(root: str, source: str, out_uri: str, *, seed: int, options: dict | None = None,
-                    split: str = "train", num_cpus: float = 1.0, batch_size: int = 256,
-                    **storage_options: Any) -> int:
+                    split: str = "train", num_cpus: float = 1.0, resources: dict | None = None,
+                    batch_size: int = 256, **storage_options: Any) -> int:
     """Generate source ``source`` for every image of ``split`` of the dataset at ``root`` and
     write it to ``out_uri`` (a samples table). Returns the number of pseudo-labels."""
     import ray
 
     from clipvg.data.schema import SAMPLES, SAMPLES_SCHEMA, validate_table
+    from clipvg.distributed.streaming import task_resources
 
     images = storage.read_table(storage.join(root, "images"), columns=["image_id", "width", "height", "split"],
                                 **storage_options)
@@ -99,6 +100,7 @@ def generate_source(root: str, source: str, out_uri: str, *, seed: int, options:
     blocks = [nested.slice(a, b - a) for a, b in zip(bounds, bounds[1:])]
     ds = ray.data.from_blocks(blocks).map_batches(
         generate_batch, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus,
+        **task_resources(resources),
         fn_kwargs={"source": source, "seed": seed, "dataset": manifest.get("dataset", "unknown"),
                    "options": options or {}})
     parts = [ray.get(ref) for ref in ds.to_arrow_refs()]

@@ -75,13 +75,14 @@ def scoring_dataset(plan, spec: FanOutSpec, cfg: Config, model_dir: str, **stora
     """The Ray Dataset of score rows (:data:`~clipvg.engine.reliability.SCORE_ROWS`) of ``plan``."""
     import ray.data
 
-    from clipvg.distributed.streaming import build_dataset
+    from clipvg.distributed.streaming import build_dataset, task_resources
 
     sc = cfg.curriculum.scoring
     # a block = at most one scorer batch of canvases, and >= 4 blocks per actor on small inputs
     per_block = max(1, min(sc.batch_size, math.ceil(plan.num_images / (4 * sc.actors))))
     canvases = build_dataset(plan, spec, int_truncation=cfg.data.box_int_truncation,
-                             num_cpus=cfg.scaling.data_cpus, groups_per_block=per_block)
+                             num_cpus=cfg.scaling.data_cpus, resources=cfg.scaling.data_resources,
+                             groups_per_block=per_block)
     ids = plan.samples.column("image_id").to_pylist()
     kwargs = dict(model=model_dir, sample_ids=plan.index().sample_ids,
                   image_sizes=image_sizes(plan.root, list(dict.fromkeys(ids)), **storage_options),
@@ -92,7 +93,7 @@ def scoring_dataset(plan, spec: FanOutSpec, cfg: Config, model_dir: str, **stora
     return canvases.map_batches(
         Scorer, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=sc.actors),
         num_cpus=sc.cpus_per_actor, num_gpus=sc.gpus_per_actor or None, batch_size=sc.batch_size,
-        batch_format="numpy", zero_copy_batch=True)
+        batch_format="numpy", zero_copy_batch=True, **task_resources(cfg.scaling.model_resources))
 
 
 def collect(ds, total: int, progress: bool | None = None) -> tuple[pa.Table, dict]:

@@ -213,7 +213,7 @@ def _decode_batch(batch: dict[str, np.ndarray], *, spec: FanOutSpec, samples: li
 def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = True,
                   canvases_per_block: int = 128, groups_per_block: int | None = None,
                   groups_per_call: int | None = None, num_cpus: float = 1.0,
-                  concurrency: int | None = None) -> "ray.data.Dataset":
+                  concurrency: int | None = None, resources: dict | None = None) -> "ray.data.Dataset":
     """The Ray Dataset of canvas rows for ``plan`` (see module doc); consume it with
     :func:`iter_model_batches` and ``plan.index()``.
 
@@ -237,8 +237,9 @@ def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = 
     if spec.train:
         order = np.random.default_rng([spec.seed, spec.epoch]).permutation(inputs.num_rows)
         inputs = inputs.take(pa.array(order))
+    remote = task_resources(resources)
     if plan.packed_parts:
-        ds = _packed_inputs(plan, inputs, num_cpus)
+        ds = _packed_inputs(plan, inputs, num_cpus, remote)
     else:
         blocks = [inputs.slice(i, groups_per_block) for i in range(0, inputs.num_rows, groups_per_block)]
         # from_blocks computes block metadata here; from_arrow runs a 1-CPU task per block,
@@ -246,21 +247,27 @@ def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = 
         ds = ray.data.from_blocks(blocks)
     return ds.map_batches(
         _decode_batch, batch_size=groups_per_call, num_cpus=num_cpus, concurrency=concurrency,
-        batch_format="numpy", zero_copy_batch=True,
+        batch_format="numpy", zero_copy_batch=True, **remote,
         fn_kwargs=dict(spec=spec, samples=[plan.samples_ref()], key=key, int_truncation=int_truncation,
                        root=plan.root, storage_options=plan.storage_options),
     )
 
 
-def _packed_inputs(plan: StreamPlan, inputs: pa.Table, num_cpus: float) -> "ray.data.Dataset":
+def task_resources(resources: dict | None) -> dict:
+    """Ray remote arguments that ask for ``resources`` (custom resources such as
+    ``{clipvg_data: 1}``; see ``scaling.data_resources``), or none."""
+    return {"resources": dict(resources)} if resources else {}
+
+
+def _packed_inputs(plan: StreamPlan, inputs: pa.Table, num_cpus: float, remote: dict) -> "ray.data.Dataset":
     """Packed images: Ray Data reads the shards (only this split's rows); images the table
     lacks become inputs of their own so their samples are reported, not lost."""
     fs, _ = storage.pyarrow_filesystem(plan.root, **plan.storage_options)
     columns = [*plan.image_columns, "bytes"]
     wanted = inputs.column("image_id").to_pylist()
-    ds = ray.data.read_parquet(plan.packed_parts, filesystem=fs, num_cpus=num_cpus)
+    ds = ray.data.read_parquet(plan.packed_parts, filesystem=fs, num_cpus=num_cpus, ray_remote_args=remote)
     ds = ds.select_columns(columns).filter(expr=ray.data.expressions.col("image_id").is_in(wanted),
-                                           num_cpus=num_cpus)
+                                           num_cpus=num_cpus, **remote)
     unknown = plan.unknown_images
     if unknown:  # same columns as the shards, so blocks concatenate
         ds = ds.union(ray.data.from_blocks([pa.table(

@@ -8,8 +8,9 @@ default), plans the splits once (texts tokenized once per run), and runs a ``Tor
 whose workers execute :func:`clipvg.distributed.worker.train_loop_per_worker`. Outputs under
 ``storage.root/storage.run_name`` (local or ``s3://``):
 
-* ``checkpoint_epochNNNN/``: Ray Train checkpoints (model, optimizer, state.json, config.yaml);
-  the best (by validation Acc@0.5) and the latest are kept;
+* ``checkpoint_epochNNNN/``: Ray Train checkpoints (model, optimizer, state.json, config.yaml,
+  and a ``COMPLETE`` marker written once the upload has returned); the best (by validation
+  Acc@0.5) and the latest are kept;
 * ``best/``: the best model as ``model.safetensors`` + ``model_config.json`` (``clipvg predict``);
 * ``metrics.jsonl`` and ``tensorboard/``: per-step and per-epoch metrics;
 * ``history.json``: every epoch and the held-out accuracy of the best model.
@@ -80,7 +81,8 @@ def build_trainer(cfg: Config, plans: dict, callbacks: list | None = None):
     options = storage.options_from_config(cfg.storage)
     fs, path = storage.pyarrow_filesystem(cfg.storage.root, **options)
     s = cfg.scaling
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    resources = {**s.model_resources, "CPU": s.cpus_per_worker,
+                 **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     run = ray.train.RunConfig(
         name=cfg.storage.run_name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),

@@ -184,8 +184,9 @@ def run_tune(base: Config, trainable: Any, space: dict, *, name: str, tune_root:
     fs, path = storage.pyarrow_filesystem(tune_root, **options)
     name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"  # a rerun starts a new Tune experiment
     resources = {"CPU": c.cpus_per_trial}
-    if c.launcher == "in_trial":  # the trial trains: it holds the worker's CPUs
+    if c.launcher == "in_trial":  # the trial trains: it holds the worker's CPUs and placement
         resources["CPU"] += base.scaling.cpus_per_worker
+        resources.update(base.scaling.model_resources)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=space,
