@@ -2,7 +2,10 @@
 the job killed mid-way (``ray job stop`` once the template measurer's scores are written) and
 submitted again finishes without redoing the finished stages, with the result an uninterrupted
 run gives (``tests/golden/pipeline_tiny.json``; regenerate with CLIPVG_UPDATE_GOLDEN=1, which
-runs the job once, uninterrupted). A third run in this process skips every stage."""
+runs the job once, uninterrupted). A third run in this process skips every stage.
+
+The sources are taken in the given order (``source_order=given``): the Tune order search costs
+a nested search per order, and is tested on its own in test_tuning.py."""
 
 import json
 import os
@@ -22,7 +25,7 @@ GOLDEN = REPO / "tests" / "golden" / "pipeline_tiny.json"
 UPDATE = bool(os.environ.get("CLIPVG_UPDATE_GOLDEN"))
 TINY_PIPELINE = [
     *TINY_TRAIN, "train.epochs=1", "curriculum.sources=[template,relation]",
-    "curriculum.thresholds=[0.0,0.5]", "curriculum.h0=0.5", "curriculum.source_order=search",
+    "curriculum.thresholds=[0.0,0.5]", "curriculum.h0=0.5", "curriculum.source_order=given",
     "curriculum.launcher=in_trial", "curriculum.max_concurrent_trials=2",
     "curriculum.scoring.actors=1", "curriculum.scoring.cpus_per_actor=0.5", "curriculum.scoring.batch_size=8",
     "storage.run_name=tiny",
@@ -88,19 +91,28 @@ def test_the_rerun_skips_the_stages_finished_before_the_kill(run):
         assert storage.read_json(f"{p.run_dir}/stages/{name}", **p.options)["finished_at"] == when, name
 
 
-def close(got, want, path="result"):
-    """Equal structure and values; floats to 1e-4 relative (thread counts and SIMD width may
-    reorder float sums on another machine)."""
+def close(got, want, path="result", *, acc_tol: dict[str, float]):
+    """Equal structure and values; floats to 1e-4 relative, and a method's accuracy on a split
+    to one sample of that split (``acc_tol``).
+
+    The golden run was recorded on another machine: thread counts and SIMD width reorder float
+    sums there, and a prediction whose IoU sits near 0.5 can fall on the other side (CI once saw
+    MSA's test accuracy at 1/21 against the golden 0/21). Every count, threshold, order and
+    scores statistic must still match."""
     if isinstance(want, dict):
         assert isinstance(got, dict) and set(got) == set(want), (path, got, want)
         for k in want:
-            close(got[k], want[k], f"{path}.{k}")
+            close(got[k], want[k], f"{path}.{k}", acc_tol=acc_tol)
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), (path, got, want)
         for i, (a, b) in enumerate(zip(got, want)):
-            close(a, b, f"{path}[{i}]")
+            close(a, b, f"{path}[{i}]", acc_tol=acc_tol)
     elif isinstance(want, float):
-        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), path
+        method, _, split = path.removeprefix("result.report.").partition(".")
+        if method in METHODS and split in acc_tol:
+            assert abs(got - want) <= acc_tol[split] + 1e-9, (path, got, want)
+        else:
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-6), path
     else:
         assert got == want, path
 
@@ -112,7 +124,8 @@ def test_the_result_is_the_uninterrupted_runs(run):
         GOLDEN.write_text(json.dumps({"overrides": TINY_PIPELINE, **got}, indent=1) + "\n")
     golden = json.loads(GOLDEN.read_text())
     assert golden["overrides"] == TINY_PIPELINE, "the golden run's config changed: regenerate"
-    close(got, {k: v for k, v in golden.items() if k != "overrides"})
+    one_sample = {split: 1 / c["samples"] for split, c in p.outputs["world"]["counts"].items()}
+    close(got, {k: v for k, v in golden.items() if k != "overrides"}, acc_tol=one_sample)
 
 
 def test_a_third_run_skips_every_stage(run):
@@ -142,11 +155,19 @@ def test_the_report_holds_every_method_threshold_and_order(run):
         assert 0 <= report[m]["test"] <= 1
     assert report["thresholds"]["ssa"] in (0.0, 0.5)
     assert set(report["thresholds"]["msa"]) == {"template", "relation"}
-    assert sorted(report["source_order"]) == ["relation", "template"]
-    assert set(report["searched"]["order_accs"]) == {"template > relation", "relation > template"}
-    # MSA's final pool is the best order's
-    assert report["msa"]["val"] == max(report["searched"]["order_accs"].values())
+    # the given order, and the report says that the order was not searched
+    assert report["source_order"] == ["template", "relation"]
+    assert report["searched"]["source_order"] == "given" and report["searched"]["order_accs"] == {}
+    # MSA's final model is the last step's chosen pool
+    assert report["msa"]["val"] == report["msa_steps"][-1]["chosen"]["val_acc"]
     for name in report["figures"].values():
         assert storage.exists(f"{p.run_dir}/report/{name}", **p.options), name
     md = storage.read_bytes(f"{p.run_dir}/report/report.md", **p.options).decode()
     assert "| MSA (multi-source) (`msa`) |" in md
+
+
+def test_until_names_a_stage_of_this_pipeline():
+    cfg = load_config(None, ["curriculum.sources=[template,caption]"])
+    assert Pipeline(cfg, until="scores:caption").until == "scores:caption"
+    with pytest.raises(ValueError, match="'scores:relation' is not a stage of this pipeline"):
+        Pipeline(cfg, until="scores:relation")
