@@ -54,13 +54,22 @@ def tiny_world(tmp_path_factory):
 # ------------------------------------------------------------------------------------------
 # A real Ray head for `ray job submit` tests (test_job_submit.py, test_pipeline.py); the
 # helpers (wait, TERMINAL, JOB_TIMEOUT_S, REPO) are in ray_head.py, importable as
-# clipvg_tests_ray_head
+# clipvg_tests_ray_head; the fake multi-node cluster of test_cluster_rehearsal.py is in
+# fake_cluster.py, importable as clipvg_tests_fake_cluster
 # ------------------------------------------------------------------------------------------
 
-_spec = importlib.util.spec_from_file_location("clipvg_tests_ray_head", Path(__file__).with_name("ray_head.py"))
-ray_head = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = ray_head
-_spec.loader.exec_module(ray_head)
+def _load_helper(name: str, file: str):
+    """Import tests/distributed/<file> as module ``name`` (this folder is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(file))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ray_head = _load_helper("clipvg_tests_ray_head", "ray_head.py")
+_load_helper("clipvg_tests_fake_cluster", "fake_cluster.py")
+
 
 @pytest.fixture(scope="session")
 def head(s3, tmp_path_factory):
