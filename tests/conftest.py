@@ -6,10 +6,17 @@ tests took 40-50 s with 2 threads under load, 10 s with 1).
 """
 
 import os
+import secrets
 from pathlib import Path
 
-import pytest
-import torch
+# Token authentication stays on in every Ray test, as on a cluster. Ray reads its auth mode
+# when it is first imported, which any test module may do at collection (tests/cluster/ does,
+# before tests/distributed/), so it is set here, at the import of the first conftest.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from s3_server import S3Server, start as start_s3
 

@@ -8,8 +8,6 @@ credentials.
 """
 
 import importlib.util
-import os
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -18,10 +16,8 @@ import pytest
 
 from tiny_train import TINY_TRAIN  # tests/tiny_train.py
 
-# Ray reads its auth mode when it is first imported (by the test modules, at collection), so
-# this has to happen at import time of this conftest, before them.
-os.environ["RAY_AUTH_MODE"] = "token"
-os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+# RAY_AUTH_MODE=token and the session's RAY_AUTH_TOKEN are set by tests/conftest.py, before
+# any test module imports Ray.
 
 
 @pytest.fixture(scope="session")
