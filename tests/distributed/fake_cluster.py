@@ -122,19 +122,23 @@ def _unix(stamp: str) -> float:
 
 class DemandWatch(threading.Thread):
     """Polls the cluster status (GCS) every ``every`` s and records, as unix times, when a
-    pending task, actor or placement group first asked for ``resource`` (``demand``), when a
-    node advertising it first joined (``joined``) and when it left after that (``left``)."""
+    pending task, actor or placement group first asked for ``resource`` (``demand``), and every
+    time a node advertising it joined (``joins``) or left (``leaves``): with a short idle
+    timeout the node may go and come back between two stages of a job."""
 
     def __init__(self, gcs_address: str, resource: str, every: float = 0.25):
         super().__init__(daemon=True)
         self.gcs_address, self.resource, self.every = gcs_address, resource, every
-        self.demand = self.joined = self.left = None
+        self.demand: float | None = None
+        self.joins: list[float] = []
+        self.leaves: list[float] = []
         self.errors: list[str] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
         from ray.autoscaler.v2.sdk import get_cluster_status
 
+        present = False
         while not self._halt.is_set():
             try:
                 status = get_cluster_status(self.gcs_address)
@@ -145,12 +149,11 @@ class DemandWatch(threading.Thread):
             now = time.time()
             if self.demand is None and self._asked(status):
                 self.demand = now
-            present = any(u.resource_name == self.resource and u.total > 0
-                          for n in [*status.active_nodes, *status.idle_nodes] for u in n.resource_usage.usage)
-            if present and self.joined is None:
-                self.joined = now
-            if not present and self.joined is not None and self.left is None:
-                self.left = now
+            now_present = any(u.resource_name == self.resource and u.total > 0
+                              for n in [*status.active_nodes, *status.idle_nodes] for u in n.resource_usage.usage)
+            if now_present != present:
+                (self.joins if now_present else self.leaves).append(now)
+                present = now_present
             time.sleep(self.every)
 
     def _asked(self, status) -> bool:

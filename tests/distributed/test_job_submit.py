@@ -108,16 +108,17 @@ def checkpoints_in(run_dir: str, options: dict) -> list[str]:
 @pytest.mark.slow
 def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
     """The acceptance tests: `ray job submit ... python ray_jobs/train.py` trains with Ray Train
-    on the job's cluster and leaves checkpoints, metrics and the best model in object storage;
-    the job's driver killed after its first checkpoint (``ray job stop``: SIGTERM, then SIGKILL)
-    and the same command submitted again continues from the last checkpoint: no epoch is
-    trained or reported twice."""
+    (two DDP workers) on the job's cluster and leaves checkpoints, metrics and the best model in
+    object storage; the job's driver killed after its first checkpoint (``ray job stop``:
+    SIGTERM, then SIGKILL) and the same command submitted again continues from the last
+    checkpoint: no epoch is trained or reported twice, and the two ranks' evaluations count
+    every held-out sample once."""
     root = s3.uri("job")
     run_dir = storage.join(root, "job")
     overrides = [
         "train.epochs=3", "train.max_steps_per_epoch=3", "train.log_every=1",
         "data.synth.train_images=40", "data.synth.val_images=8", "data.synth.test_images=8",
-        "scaling.cpus_per_worker=0.5", "scaling.data_cpus=0.5",
+        "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.data_cpus=0.5",
         f"storage.root={root}", "storage.run_name=job",
         f"storage.endpoint_url={s3.endpoint_url}",  # no secret: keys come from the node env
     ]
@@ -146,6 +147,13 @@ def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
 
     history = storage.read_json(f"{run_dir}/history.json", **s3.options)
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert history["world_size"] == 2
+    # each rank evaluates its own images; merged, every sample of the split counts once
+    fs, path = storage.filesystem(root, **s3.options)
+    (world,) = fs.glob(f"{path}/worlds/*/samples")
+    samples = storage.read_table(f"s3://{world}", **s3.options).column("split").to_pylist()
+    assert all(e["val"]["total"] == samples.count("val") > 0 for e in history["epochs"])
+    assert history["test"]["test"]["total"] == samples.count("test") > 0
     resumed_at = int(at_kill[-1][-4:])  # checkpoint_epochNNNN
     for epoch in range(1, resumed_at + 1):
         assert f"epoch {epoch}/3: train loss" not in log, f"epoch {epoch} was trained again"
