@@ -117,18 +117,24 @@ def _build(cfg: Config, ctx: Ctx):
     return model, raw_model, optimizer
 
 
+def complete_checkpoints(run_dir: str, **storage_options) -> list[str]:
+    """Names of the run's complete checkpoint folders (those with ``COMPLETE_MARKER``), oldest
+    first; [] when there are none."""
+    fs, path = storage.filesystem(run_dir, **storage_options)
+    fs.invalidate_cache(path)  # s3fs caches listings; another process wrote the checkpoints
+    if not fs.exists(path):
+        return []
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return [n for n in names if n.startswith(CHECKPOINT_PREFIX) and fs.exists(f"{path}/{n}/{COMPLETE_MARKER}")]
+
+
 def latest_checkpoint(run_dir: str, **storage_options) -> str | None:
     """The run's newest complete checkpoint (one with ``COMPLETE_MARKER``), or None.
 
     Read from storage rather than from ``ray.train.get_checkpoint()``: Ray records a checkpoint
     only after the upload, so a worker, node or driver lost in between would otherwise restart
     one epoch early (or from scratch)."""
-    fs, path = storage.filesystem(run_dir, **storage_options)
-    fs.invalidate_cache(path)  # s3fs caches listings; another process wrote the checkpoints
-    if not fs.exists(path):
-        return None
-    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    done = [n for n in names if n.startswith(CHECKPOINT_PREFIX) and fs.exists(f"{path}/{n}/{COMPLETE_MARKER}")]
+    done = complete_checkpoints(run_dir, **storage_options)
     return storage.join(run_dir, done[-1]) if done else None
 
 

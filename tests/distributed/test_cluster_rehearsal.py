@@ -69,10 +69,10 @@ def rehearsal(tmp_path_factory, tiny_world):
                            limit=10_000)
 
         def model_node_gone():
-            now = {n.node_id: n for n in list_nodes(address=head.dashboard_url, detail=True)}
-            gone = [n for n in now.values() if "clipvg_model" in n.resources_total and n.state == "DEAD"]
-            return gone and not any("clipvg_model" in n.resources_total and n.state == "ALIVE"
-                                    for n in now.values()) and gone
+            """The gpu-like nodes, once none of them is alive any more (else None)."""
+            model = [n for n in list_nodes(address=head.dashboard_url, detail=True)
+                     if "clipvg_model" in n.resources_total]
+            return model if model and all(n.state == "DEAD" for n in model) else None
         gone = wait_until(model_node_gone, timeout=IDLE_TIMEOUT_MIN * 60 + 120)
         wait_until(lambda: len(watch.leaves) == len(watch.joins) > 0, timeout=10)
         watch.stop()

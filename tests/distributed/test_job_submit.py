@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from clipvg.data import storage
-from clipvg.distributed.worker import COMPLETE_MARKER
+from clipvg.distributed.worker import complete_checkpoints
 from clipvg.engine.run_log import read_metrics
 from clipvg_tests_ray_head import JOB_TIMEOUT_S, REPO, TERMINAL, wait
 
@@ -95,16 +95,6 @@ def test_head_is_separate_from_the_in_process_ray(head, client, ray_local):
     assert "head-ok" in client.get_job_logs(job_id)
 
 
-def checkpoints_in(run_dir: str, options: dict) -> list[str]:
-    """The complete checkpoint folders of a run (the COMPLETE marker follows the upload)."""
-    fs, path = storage.filesystem(run_dir, **options)
-    fs.invalidate_cache()
-    if not fs.exists(path):
-        return []
-    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    return [n for n in names if n.startswith("checkpoint_epoch") and fs.exists(f"{path}/{n}/{COMPLETE_MARKER}")]
-
-
 @pytest.mark.slow
 def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
     """The acceptance tests: `ray job submit ... python ray_jobs/train.py` trains with Ray Train
@@ -125,14 +115,14 @@ def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
     entrypoint = shlex.join(["python", "ray_jobs/train.py", "--config", "configs/demo.yaml", *overrides])
     t0 = time.monotonic()
     first = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO)})
-    while not checkpoints_in(run_dir, s3.options):
+    while not complete_checkpoints(run_dir, **s3.options):
         status = str(client.get_job_status(first).value)
         assert status not in TERMINAL, client.get_job_logs(first)[-6000:]
         assert time.monotonic() - t0 < JOB_TIMEOUT_S, "no checkpoint in time"
         time.sleep(0.2)
     client.stop_job(first)
     assert wait(client, first, timeout=120) == "STOPPED"
-    at_kill = checkpoints_in(run_dir, s3.options)
+    at_kill = complete_checkpoints(run_dir, **s3.options)
     print(f"\nfirst job stopped after {time.monotonic() - t0:.1f} s with {at_kill}")
 
     second = client.submit_job(entrypoint=entrypoint + " train.resume=true",
@@ -161,7 +151,7 @@ def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
     steps = [r["step"] for r in records if r["kind"] == "step"]
     assert steps == list(range(1, 10))
-    last = f"{run_dir}/{checkpoints_in(run_dir, s3.options)[-1]}"
+    last = f"{run_dir}/{complete_checkpoints(run_dir, **s3.options)[-1]}"
     for name in ("model.safetensors", "optimizer.pt", "state.json", "config.yaml"):
         assert storage.exists(f"{last}/{name}", **s3.options), f"{last} lacks {name}"
     assert storage.exists(f"{run_dir}/best/model.safetensors", **s3.options)
