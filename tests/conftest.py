@@ -1,4 +1,5 @@
-"""Suite-wide fixtures.
+"""Suite-wide fixtures, and how ``make test`` splits the suite between two pytest-xdist workers
+(:func:`pytest_xdist_make_scheduler`).
 
 Torch runs single-threaded in tests: the models are tiny, the machine has 2 cores, and torch's
 OpenMP threads then spend more time waiting on each other than computing (measured: the model
@@ -7,6 +8,8 @@ tests took 40-50 s with 2 threads under load, 10 s with 1).
 
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 # Token authentication stays on in every Ray test, as on a cluster. Ray reads its auth mode
@@ -24,6 +27,41 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_TINY = REPO / "tests" / "fixtures" / "clipvg_official" / "tiny"
+
+
+# Tests that use no Ray of this process: their Ray cluster runs in a subprocess of its own
+# (the ``golden_run_with_node_loss`` fixture), so they may run next to the other Ray tests.
+OWN_CLUSTER = ("tests/distributed/test_trainer.py", "tests/distributed/test_fault_tolerance.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs two pytest-xdist workers: the tests of tests/distributed/ in one of
+    them, in file order (they share the session's Ray instance, heads and clusters, and two
+    in-process Rays would collide on Ray's fixed ports), except :data:`OWN_CLUSTER`, which run
+    together wherever a worker is free, as does every other test. (xdist's own ``--dist
+    loadgroup`` marks do not take with pytest 9.2: xdist 3.8 renames the items through a
+    ``_nodeid`` attribute that pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(OWN_CLUSTER):
+                return "own-cluster"
+            return "tests/distributed" if nodeid.startswith("tests/distributed/") else nodeid
+
+    return RayTestsTogether(config, log)
+
+
+@pytest.fixture(scope="session")
+def short_tmp():
+    """A private folder directly under the system temp dir, removed after the session: Ray's
+    socket paths (``<temp>/session_<date>_<pid>/sockets/plasma_store``) must stay under 107
+    bytes, which pytest's per-worker temp paths exceed."""
+    path = Path(tempfile.mkdtemp(prefix="clipvg-t-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

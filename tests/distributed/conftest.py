@@ -21,10 +21,10 @@ from tiny_train import TINY_TRAIN  # tests/tiny_train.py
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3, tmp_path_factory):
+def ray_local(s3, short_tmp):
     import ray
 
-    temp = tmp_path_factory.mktemp("ray")
+    temp = short_tmp / "ray"
     # the dashboard: Tune runs of nested TorchTrainers hang without it (docs/platform notes)
     ray.init(address="local", num_cpus=2, include_dashboard=True, _node_ip_address="127.0.0.1",
              _temp_dir=str(temp), configure_logging=False, log_to_driver=False)
@@ -38,6 +38,38 @@ def ray_local(s3, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def golden_run_with_node_loss(tiny_world, tmp_path_factory, short_tmp):
+    """The golden run of tests/golden/ (fixed seed, 3 epochs, 1 worker) on a cluster of its own
+    (a head and two worker nodes on 127.0.0.1, in a subprocess: fault_run.py) whose worker's
+    node is removed during epoch 2. Ray Train restarts the worker on the other node from
+    epoch 1's checkpoint, so the run's outputs are those of an uninterrupted run (what
+    test_trainer.py checks) and its losses the golden curve's (test_fault_tolerance.py).
+    With CLIPVG_UPDATE_GOLDEN=1 no node is removed (the run that regenerates the golden).
+
+    Returns ``(report, run_dir, output)``: fault_run.py's report, the run folder, and the
+    subprocess's stdout + stderr."""
+    import json
+    import os
+    import subprocess
+
+    from tiny_train import GOLDEN_RUN
+
+    tmp = tmp_path_factory.mktemp("node-loss")
+    out = tmp / "report.json"
+    # Ray resolves a 127.0.0.1 address to the host's IP, where these loopback nodes do not
+    # listen; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 its node-IP detection answers 127.0.0.1.
+    (short_tmp / "nl").mkdir()
+    env = dict(os.environ, RAY_TMPDIR=str(short_tmp / "nl"), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    if os.environ.get("CLIPVG_UPDATE_GOLDEN"):
+        env["CLIPVG_NO_NODE_LOSS"] = "1"
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fault_run.py")), str(out),
+                           str(tmp / "runs"), *GOLDEN_RUN, f"data.uri={tiny_world}", "train.max_failures=2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(out.read_text()), tmp / "runs" / "golden", proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """One synthetic world for every training test of the session (data.uri=...)."""
     from clipvg.config import load_config
@@ -48,10 +80,11 @@ def tiny_world(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------
-# A real Ray head for `ray job submit` tests (test_job_submit.py, test_pipeline.py); the
-# helpers (wait, TERMINAL, JOB_TIMEOUT_S, REPO) are in ray_head.py, importable as
-# clipvg_tests_ray_head; the fake multi-node cluster of test_cluster_rehearsal.py is in
-# fake_cluster.py, importable as clipvg_tests_fake_cluster
+# A real Ray head for `ray job submit` tests (test_job_submit.py); the helpers (wait,
+# TERMINAL, JOB_TIMEOUT_S, REPO) are in ray_head.py, importable as clipvg_tests_ray_head; the
+# static and autoscaling clusters of cluster/aws.yaml are in fake_cluster.py
+# (clipvg_tests_fake_cluster), and the pipeline run across them in cluster_pipeline.py
+# (clipvg_tests_cluster_pipeline)
 # ------------------------------------------------------------------------------------------
 
 def _load_helper(name: str, file: str):
@@ -65,13 +98,21 @@ def _load_helper(name: str, file: str):
 
 ray_head = _load_helper("clipvg_tests_ray_head", "ray_head.py")
 _load_helper("clipvg_tests_fake_cluster", "fake_cluster.py")
+cluster_pipeline = _load_helper("clipvg_tests_cluster_pipeline", "cluster_pipeline.py")
 
 
 @pytest.fixture(scope="session")
-def head(s3, tmp_path_factory):
+def pipeline_on_clusters(s3, tiny_world, short_tmp):
+    """The tiny pipeline: stopped on a static cluster, finished on an autoscaling one (see
+    cluster_pipeline.py); shared by test_pipeline.py and test_cluster_rehearsal.py."""
+    return cluster_pipeline.run(short_tmp / "cl", s3, tiny_world)
+
+
+@pytest.fixture(scope="session")
+def head(s3, short_tmp):
     """A Ray head of its own (2 CPUs, free ports, private temp dir), stopped by pid; shared by
     the job tests of the session (starting one costs seconds)."""
-    h = ray_head.RayHead(tmp_path_factory.mktemp("rh"), num_cpus=2)
+    h = ray_head.RayHead(short_tmp / "rh", num_cpus=2)
     h.start()
     print(f"\nray head up in {h.start_s:.1f} s at {h.dashboard_url} ({len(h.pids)} processes, "
           f"{len(h.attempt_logs) + 1} attempt(s))")

@@ -1,4 +1,6 @@
-"""The cluster launcher YAMLs of ``cluster/`` rehearsed on this machine.
+"""The cluster launcher YAMLs of ``cluster/`` rehearsed on this machine, twice: as a static
+cluster (:class:`StaticCluster`: a head and one worker process per node type, started by hand)
+and as an autoscaling one (:class:`FakeClusterHead`).
 
 :func:`rehearsal_config` turns ``cluster/aws.yaml`` (or ``gcp.yaml``) into a config for Ray's
 fake multi-node provider (``provider: type: fake_multinode``): its node types keep their
@@ -8,7 +10,8 @@ declares, while each "node" is a raylet process on this machine. What changes, a
 * no GPUs here: ``GPU`` is dropped; ``clipvg_model`` (which the cloud config advertises once per
   GPU) stays, so model work still needs a "gpu-like" node;
 * CPUs scaled down to what two cores can host (``clipvg_data`` follows the CPU count, as in the
-  cloud config), at most one node per type;
+  cloud config), two ``clipvg_model`` per gpu-like node (two GPUs: two concurrent trials), at
+  most one node per type;
 * the head type is renamed ``ray.head.default``: the fake provider tags its head with that name;
 * ``idle_timeout_minutes`` shortened, so a scale-down is seen within the test;
 * no docker, file mounts or setup commands: the nodes run this checkout's virtualenv.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 import threading
 import time
 from datetime import datetime
@@ -29,11 +33,15 @@ from pathlib import Path
 
 import yaml
 
-from clipvg_tests_ray_head import RayHead
+from clipvg_tests_ray_head import RayHead  # first: puts Ray's bundled psutil on sys.path
+
+import psutil  # noqa: E402
 
 FAKE_HEAD_TYPE = "ray.head.default"
 #: CPUs of each rehearsal node type (the cloud types have 32-64)
-REHEARSAL_CPUS = {"gpu_worker": 1, "cpu_worker": 2}
+REHEARSAL_CPUS = {"gpu_worker": 2, "cpu_worker": 2}
+#: ``clipvg_model`` of a rehearsal gpu-like node (the cloud's is its GPU count, 8)
+REHEARSAL_MODEL_SLOTS = 2
 
 
 def rehearsal_config(launcher_yaml: str | Path, *, gcs_address: str, idle_timeout_minutes: float) -> dict:
@@ -51,7 +59,7 @@ def rehearsal_config(launcher_yaml: str | Path, *, gcs_address: str, idle_timeou
         if "clipvg_data" in resources:
             resources["clipvg_data"] = cpus
         if "clipvg_model" in resources:
-            resources["clipvg_model"] = 1
+            resources["clipvg_model"] = REHEARSAL_MODEL_SLOTS
         types[name] = {"resources": resources, "labels": dict(spec.get("labels", {})), "node_config": {},
                        "min_workers": spec.get("min_workers", 0), "max_workers": 1}
     return {
@@ -102,6 +110,101 @@ class FakeClusterHead(RayHead):
     def monitor_log(self) -> str:
         logs = sorted(self.temp_dir.glob("session_*/logs/monitor.log"))
         return logs[-1].read_text(errors="replace") if logs else ""
+
+
+class StaticCluster(RayHead):
+    """The launcher YAML's head (``ray start --head``) plus one worker node per worker type
+    (``ray start --address=... --block``), each with the resources and labels of
+    :func:`rehearsal_config`: a fixed cluster, no autoscaler. The worker processes are started
+    and stopped here, by pid, like the head."""
+
+    def __init__(self, temp_dir, launcher_yaml: str | Path):
+        cloud = yaml.safe_load(Path(launcher_yaml).read_text())
+        head_cpus = int(cloud["available_node_types"][cloud["head_node_type"]]["resources"].get("CPU", 0))
+        super().__init__(temp_dir, num_cpus=head_cpus)
+        self.launcher_yaml = Path(launcher_yaml)
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.workers_labels = {name: spec.get("labels", {}) for name, spec in cloud["available_node_types"].items()}
+
+    def worker_command(self, spec: dict) -> list[str]:
+        from s3_server import free_port as port
+
+        resources = dict(spec["resources"])
+        cpus = resources.pop("CPU")
+        labels = ",".join(f"{k}={v}" for k, v in spec.get("labels", {}).items())
+        return [
+            str(self.venv_bin() / "ray"), "start", f"--address={self.address}", "--block",
+            "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
+            f"--resources={json.dumps(resources)}", *([f"--labels={labels}"] if labels else []),
+            f"--dashboard-agent-listen-port={port()}", f"--dashboard-agent-grpc-port={port()}",
+            f"--runtime-env-agent-port={port()}", f"--metrics-export-port={port()}",
+            f"--node-manager-port={port()}", f"--object-manager-port={port()}",
+            f"--object-store-memory={self.object_store_memory}", f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats", "--log-style=record",
+        ]
+
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> "StaticCluster":
+        super().start(timeout, attempts)
+        types = rehearsal_config(self.launcher_yaml, gcs_address=self.address,
+                                 idle_timeout_minutes=1)["available_node_types"]
+        try:
+            for name, spec in types.items():
+                if name != FAKE_HEAD_TYPE:
+                    self._start_worker(name, spec, timeout, attempts)
+        except BaseException:
+            self.stop()
+            raise
+        self.refresh_pids()
+        return self
+
+    def _start_worker(self, name: str, spec: dict, timeout: float, attempts: int) -> None:
+        """One worker node, retried: on a loaded 2-core machine ``ray start`` can give up
+        waiting for its raylet to register (Ray's fixed 30 s, "timed out during startup")."""
+        log_path = self.temp_dir / f"ray-start-{name}.log"
+        for _ in range(attempts):
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    self.worker_command(spec), env=self.environment(), cwd=str(self.temp_dir),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.workers[name] = proc
+            joined = wait_until(lambda: proc.poll() is not None or self._alive_nodes(name), timeout=timeout)
+            if joined and proc.poll() is None:
+                return
+            if proc.poll() is None:
+                proc.kill()
+            self.attempt_logs.append(log_path.read_text(errors="replace")[-4000:])
+        raise RuntimeError(f"the {name} node did not join in {attempts} attempts:\n{self.attempt_logs[-1]}")
+
+    def _alive_nodes(self, name: str) -> int:
+        """Alive nodes with the labels of node type ``name``."""
+        from ray.util.state import list_nodes
+
+        try:
+            nodes = list_nodes(address=self.dashboard_url, detail=True)
+        except Exception:  # noqa: BLE001 - the dashboard may be busy
+            return 0
+        role = self.workers_labels[name]
+        return sum(n.state == "ALIVE" and role.items() <= n.labels.items() for n in nodes)
+
+    def refresh_pids(self) -> list[int]:
+        for proc in self.workers.values():
+            try:
+                self._procs.setdefault(proc.pid, psutil.Process(proc.pid))
+            except psutil.NoSuchProcess:  # exited (and reaped) already
+                pass
+        return super().refresh_pids()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.refresh_pids()
+        for proc in self.workers.values():  # SIGTERM: `ray start --block` stops its raylet
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.workers.values():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        super().stop(timeout)
 
 
 _STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"

@@ -1,13 +1,17 @@
-"""Run by test_fault_tolerance.py in a subprocess (it needs a Ray cluster of its own):
-a head and two worker nodes on 127.0.0.1 (``ray.cluster_utils.Cluster``) and one tiny training
-run whose worker's node is removed once epoch 1's checkpoint is on storage (epoch 2 under way).
+"""Run in a subprocess by the ``golden_run_with_node_loss`` fixture (tests/distributed/conftest.py;
+it needs a Ray cluster of its own): a head and two worker nodes on 127.0.0.1
+(``ray.cluster_utils.Cluster``) and one tiny training run whose worker's node is removed once
+epoch 1's checkpoint is on storage (epoch 2 under way).
 
     python tests/distributed/fault_run.py OUT.json ROOT OVERRIDE...
 
 Writes ``{"history": ..., "at_kill": [checkpoints on storage when the node went], "killed": id}``.
+With ``CLIPVG_NO_NODE_LOSS=1`` no node is removed (the uninterrupted run that regenerates the
+golden curve).
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -52,10 +56,12 @@ def main(out: str, root: str, *overrides: str) -> None:
     report: dict = {}
     cfg = load_config(None, [f"storage.root={root}", *overrides])
     killer = threading.Thread(target=kill_during_epoch_2, args=(cluster, cfg.run_dir, report))
-    killer.start()
+    if not os.environ.get("CLIPVG_NO_NODE_LOSS"):
+        killer.start()
     start = time.time()
     report["history"] = trainer.train(cfg)
-    killer.join()
+    if killer.is_alive():
+        killer.join()
     report["seconds"] = time.time() - start
     with open(out, "w") as f:
         json.dump(report, f)

@@ -98,17 +98,21 @@ def test_head_is_separate_from_the_in_process_ray(head, client, ray_local):
 @pytest.mark.slow
 def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
     """The acceptance tests: `ray job submit ... python ray_jobs/train.py` trains with Ray Train
-    (two DDP workers) on the job's cluster and leaves checkpoints, metrics and the best model in
-    object storage; the job's driver killed after its first checkpoint (``ray job stop``:
-    SIGTERM, then SIGKILL) and the same command submitted again continues from the last
-    checkpoint: no epoch is trained or reported twice, and the two ranks' evaluations count
+    on the job's cluster and leaves checkpoints, metrics and the best model in object storage;
+    the job's driver killed after its first checkpoint (``ray job stop``: SIGTERM, then SIGKILL)
+    and the command submitted again continues from the last checkpoint: no epoch is trained or
+    reported twice.
+
+    The first job trains with one worker, the resubmitted one with two DDP workers (a run
+    continued on a bigger cluster: the data order depends on (seed, epoch), not on the worker
+    count). Both ranks restore the checkpoint from S3, and their evaluations, merged, count
     every held-out sample once."""
     root = s3.uri("job")
     run_dir = storage.join(root, "job")
     overrides = [
         "train.epochs=3", "train.max_steps_per_epoch=3", "train.log_every=1",
         "data.synth.train_images=40", "data.synth.val_images=8", "data.synth.test_images=8",
-        "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.data_cpus=0.5",
+        "scaling.cpus_per_worker=0.5", "scaling.data_cpus=0.5",
         f"storage.root={root}", "storage.run_name=job",
         f"storage.endpoint_url={s3.endpoint_url}",  # no secret: keys come from the node env
     ]
@@ -125,7 +129,7 @@ def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
     at_kill = complete_checkpoints(run_dir, **s3.options)
     print(f"\nfirst job stopped after {time.monotonic() - t0:.1f} s with {at_kill}")
 
-    second = client.submit_job(entrypoint=entrypoint + " train.resume=true",
+    second = client.submit_job(entrypoint=entrypoint + " scaling.num_workers=2 train.resume=true",
                                runtime_env={"working_dir": str(REPO)})
     status = wait(client, second, timeout=JOB_TIMEOUT_S)
     log = client.get_job_logs(second)

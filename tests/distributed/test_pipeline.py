@@ -1,16 +1,15 @@
 """``clipvg pipeline`` end to end under ``ray job submit`` on a tiny world, outputs on S3 (moto):
-the job killed mid-way (``ray job stop`` once the template measurer's scores are written) and
-submitted again finishes without redoing the finished stages, with the result an uninterrupted
-run gives (``tests/golden/pipeline_tiny.json``; regenerate with CLIPVG_UPDATE_GOLDEN=1, which
-runs the job once, uninterrupted). A third run in this process skips every stage.
+the job stopped mid-way (``ray job stop`` once the template measurer's scores are written) on
+one cluster and submitted again to another finishes without redoing the finished stages, with
+the result an uninterrupted run gives (``tests/golden/pipeline_tiny.json``; regenerate with
+CLIPVG_UPDATE_GOLDEN=1, which runs the job once, uninterrupted). A third run in this process
+skips every stage. The two clusters, and the jobs on them, are in cluster_pipeline.py; where
+the work ran is checked in test_cluster_rehearsal.py.
 
 The sources are taken in the given order (``source_order=given``): the Tune order search costs
 a nested search per order, and is tested on its own in test_tuning.py."""
 
 import json
-import os
-import shlex
-import time
 
 import pyarrow.compute as pc
 import pytest
@@ -18,18 +17,10 @@ import pytest
 from clipvg.config import load_config
 from clipvg.data import storage
 from clipvg.distributed.pipeline import Pipeline
-from clipvg_tests_ray_head import JOB_TIMEOUT_S, REPO, TERMINAL, wait
-from tiny_train import TINY_TRAIN
+from clipvg_tests_cluster_pipeline import STOP_AFTER, TINY_PIPELINE, UPDATE
+from clipvg_tests_ray_head import REPO
 
 GOLDEN = REPO / "tests" / "golden" / "pipeline_tiny.json"
-UPDATE = bool(os.environ.get("CLIPVG_UPDATE_GOLDEN"))
-TINY_PIPELINE = [
-    *TINY_TRAIN, "train.epochs=1", "curriculum.sources=[template,relation]",
-    "curriculum.thresholds=[0.0,0.5]", "curriculum.h0=0.5", "curriculum.source_order=given",
-    "curriculum.launcher=in_trial", "curriculum.max_concurrent_trials=2",
-    "curriculum.scoring.actors=1", "curriculum.scoring.cpus_per_actor=0.5", "curriculum.scoring.batch_size=8",
-    "storage.run_name=tiny",
-]
 STAGES = ["world", "pseudo:template", "pseudo:relation", "measurers", "scores:template", "scores:relation",
           "ssa", "msa", "finals", "report"]
 METHODS = ("raw_template", "ssa", "raw_union", "msa", "full_supervised")
@@ -45,46 +36,20 @@ def result_of(p: Pipeline) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run(head, client, s3, tiny_world):
-    root = s3.uri("pipeline")
-    overrides = [*TINY_PIPELINE, f"storage.root={root}", f"data.uri={tiny_world}",
-                 f"storage.endpoint_url={s3.endpoint_url}"]
-    cfg = load_config(None, overrides)
-    entry = shlex.join(["python", "ray_jobs/pipeline.py", *overrides])
-    env = {"working_dir": str(REPO)}
-    stop_after = f"{root}/tiny/stages/scores-template.json"
-    t0 = time.monotonic()
-    first = client.submit_job(entrypoint=entry, runtime_env=env)
-    finished_before = {}
-    if not UPDATE:
-        while not storage.exists(stop_after, **s3.options):
-            assert str(client.get_job_status(first).value) not in TERMINAL, client.get_job_logs(first)[-6000:]
-            assert time.monotonic() - t0 < JOB_TIMEOUT_S, "the pipeline did not reach scores:template in time"
-            time.sleep(0.3)
-        client.stop_job(first)
-        assert wait(client, first, timeout=120) == "STOPPED"
-        fs, path = storage.filesystem(f"{root}/tiny/stages", **s3.options)
-        fs.invalidate_cache()
-        for name in fs.ls(path, detail=False):
-            finished_before[name.rsplit("/", 1)[-1]] = json.loads(fs.cat_file(name))["finished_at"]
-        print(f"\nfirst job stopped after {time.monotonic() - t0:.0f} s with {sorted(finished_before)}")
-        second = client.submit_job(entrypoint=entry, runtime_env=env)
-    else:
-        second = first
-    status = wait(client, second, timeout=JOB_TIMEOUT_S)
-    log = client.get_job_logs(second)
-    print(f"pipeline job {status} after {time.monotonic() - t0:.0f} s in all\n{log[-2500:]}")
-    assert status == "SUCCEEDED", log[-6000:]
-    p = Pipeline(cfg)
+def run(pipeline_on_clusters):
+    jobs = pipeline_on_clusters
+    log = jobs["autoscaling"]["logs"]
+    print(f"\npipeline job 2:\n{log[-2500:]}")
+    p = Pipeline(load_config(None, jobs["overrides"]))
     p.run()  # every stage finished: reads the manifests, runs nothing
-    return p, log, finished_before
+    return p, log, jobs["finished_before"]
 
 
 def test_the_rerun_skips_the_stages_finished_before_the_kill(run):
     p, log, finished_before = run
     if UPDATE:
         pytest.skip("golden regeneration runs the job uninterrupted")
-    assert "report.json" not in finished_before and "scores-template.json" in finished_before
+    assert "report.json" not in finished_before and STOP_AFTER in finished_before
     for stage in ("world", "pseudo:template", "pseudo:relation", "measurers", "scores:template"):
         assert f"[pipeline] {stage}: finished earlier" in log, stage
     for name, when in finished_before.items():  # finished stages were not redone

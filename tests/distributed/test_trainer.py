@@ -1,6 +1,10 @@
-"""Ray Train: checkpoints on storage, best + latest kept, metrics, the golden loss curve. Two DDP
-workers with checkpoints on S3, resuming after a killed driver, are tested with a real job
-(test_job_submit.py); a lost node on a simulated cluster in test_fault_tolerance.py."""
+"""Ray Train: checkpoints on storage, best + latest kept, metrics, the golden loss curve.
+
+The run checked here is the golden run of tests/golden/ as the ``golden_run_with_node_loss``
+fixture runs it (tests/distributed/conftest.py): its worker's node is removed during epoch 2,
+so every check below also holds after a restart (test_fault_tolerance.py checks the restart
+itself). Two DDP workers with checkpoints on S3, resuming after a killed driver, are tested
+with a real job (test_job_submit.py)."""
 
 import json
 import os
@@ -31,14 +35,11 @@ def checkpoints(run_dir, **options):
     return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if "checkpoint_epoch" in p)
 
 
-
-
 @pytest.fixture(scope="module")
-def one_worker(ray_local, tiny_world, tmp_path_factory):
-    """A 3-epoch, 1-worker run with a fixed seed (also the golden loss curve's run)."""
-    root = tmp_path_factory.mktemp("one")
-    cfg = load_config(None, [*GOLDEN_RUN, f"storage.root={root}", f"data.uri={tiny_world}"])
-    return trainer.train(cfg), root / "golden"
+def one_worker(golden_run_with_node_loss):
+    """The 3-epoch, 1-worker, fixed-seed golden run: its history and run folder."""
+    report, run_dir, _ = golden_run_with_node_loss
+    return report["history"], run_dir
 
 
 def test_loss_curve_matches_the_golden_curve(one_worker):
@@ -46,8 +47,8 @@ def test_loss_curve_matches_the_golden_curve(one_worker):
     CLIPVG_UPDATE_GOLDEN=1 after an intended numerics change, and say why in the commit).
 
     The tolerance allows for float reordering between machines (thread counts, SIMD width)
-    over 36 steps; on this machine two runs agree exactly. A change of loss, schedule,
-    optimizer, data order or augmentation changes the first steps' losses outright."""
+    over 36 steps. A change of loss, schedule, optimizer, data order or augmentation changes
+    the first steps' losses outright."""
     history, run_dir = one_worker
     losses = [r["loss"] for r in read_metrics(str(run_dir)) if r["kind"] == "step"]
     if os.environ.get("CLIPVG_UPDATE_GOLDEN"):
@@ -86,6 +87,16 @@ def test_one_worker_writes_checkpoints_metrics_and_best_model(one_worker, tiny_w
     assert any(name.startswith("events") for name in os.listdir(run_dir / "tensorboard"))
 
 
-def test_resume_without_a_checkpoint_is_an_error(ray_local, tiny_world, tmp_path):
+def test_resume_without_a_checkpoint_is_an_error(tiny_world, tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
         trainer.train(tiny(tmp_path, tiny_world, "storage.run_name=none", "train.resume=true"))
+
+
+def test_every_worker_asks_for_the_model_resources(tmp_path):
+    """scaling.model_resources goes on every Ray Train worker (a cluster places them on the node
+    type that advertises it: cluster/*.yaml, docs/cluster.md)."""
+    cfg = load_config(None, [*TINY_TRAIN, f"storage.root={tmp_path}", "scaling.num_workers=2",
+                             "scaling.model_resources={clipvg_model: 1}"])
+    scaling = trainer.build_trainer(cfg, plans={}).scaling_config
+    assert scaling.num_workers == 2
+    assert scaling.resources_per_worker == {"clipvg_model": 1, "CPU": 0.5}

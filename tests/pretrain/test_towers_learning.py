@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHORT_RUN = [
     "data.synth.min_objects=1", "data.synth.max_objects=1", "data.synth.train_images=600",
     "data.synth.val_images=100", "data.synth.test_images=100",
-    "train.epochs=3", "train.max_steps_per_epoch=100", "train.warmup_steps=50", "train.log_every=50",
+    "train.epochs=2", "train.max_steps_per_epoch=100", "train.warmup_steps=50", "train.log_every=50",
 ]
 
 
@@ -34,6 +34,6 @@ def test_committed_towers_make_localisation_learnable(tmp_path):
     towers = str(ROOT / "clipvg/assets/towers/tiny-synth-v1/open_clip_model.safetensors")
     trained = _held_out_acc(tmp_path / "trained", towers)
     untrained = _held_out_acc(tmp_path / "untrained", None)
-    # measured (one core): 0.85 from the committed towers, 0.02 from untrained ones
+    # measured (one core, 2 epochs): 0.84 from the committed towers, 0.02 from untrained ones
     assert trained >= 0.5, trained
     assert untrained <= 0.15, untrained
