@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=12
+	$(BIN)/python -m pytest -q -n 2 --durations=12
 
 demo: $(STAMP)
 	$(BIN)/clipvg pipeline --config configs/demo.yaml $(ARGS)
