@@ -29,24 +29,19 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_TINY = REPO / "tests" / "fixtures" / "clipvg_official" / "tiny"
 
 
-# Tests that use no Ray of this process: their Ray cluster runs in a subprocess of its own
-# (the ``golden_run_with_node_loss`` fixture), so they may run next to the other Ray tests.
-OWN_CLUSTER = ("tests/distributed/test_trainer.py", "tests/distributed/test_fault_tolerance.py")
-
-
 def pytest_xdist_make_scheduler(config, log):
-    """``make test`` runs two pytest-xdist workers: the tests of tests/distributed/ in one of
+    """``make test`` runs two pytest-xdist workers: every test of tests/distributed/ in one of
     them, in file order (they share the session's Ray instance, heads and clusters, and two
-    in-process Rays would collide on Ray's fixed ports), except :data:`OWN_CLUSTER`, which run
-    together wherever a worker is free, as does every other test. (xdist's own ``--dist
-    loadgroup`` marks do not take with pytest 9.2: xdist 3.8 renames the items through a
-    ``_nodeid`` attribute that pytest no longer reads.)"""
+    in-process Rays would collide on Ray's fixed ports), every other test wherever a worker is
+    free. (xdist's own ``--dist loadgroup`` marks do not take with pytest 9.2: xdist 3.8 renames
+    the items through a ``_nodeid`` attribute that pytest no longer reads.)
+
+    Measured: running the node-loss tests (whose cluster is a subprocess of its own) in the
+    other worker saved nothing: on two cores the pipeline job beside them took 200 s longer."""
     from xdist.scheduler import LoadScopeScheduling
 
     class RayTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.startswith(OWN_CLUSTER):
-                return "own-cluster"
             return "tests/distributed" if nodeid.startswith("tests/distributed/") else nodeid
 
     return RayTestsTogether(config, log)
