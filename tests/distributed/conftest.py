@@ -9,7 +9,6 @@ credentials.
 
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import pytest
