@@ -8,12 +8,15 @@ credentials.
 """
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tiny_train import TINY_TRAIN  # tests/tiny_train.py
+from tiny_train import GOLDEN_RUN, TINY_TRAIN  # tests/tiny_train.py
 
 # RAY_AUTH_MODE=token and the session's RAY_AUTH_TOKEN are set by tests/conftest.py, before
 # any test module imports Ray.
@@ -47,12 +50,6 @@ def golden_run_with_node_loss(tiny_world, tmp_path_factory, short_tmp):
 
     Returns ``(report, run_dir, output)``: fault_run.py's report, the run folder, and the
     subprocess's stdout + stderr."""
-    import json
-    import os
-    import subprocess
-
-    from tiny_train import GOLDEN_RUN
-
     tmp = tmp_path_factory.mktemp("node-loss")
     out = tmp / "report.json"
     # Ray resolves a 127.0.0.1 address to the host's IP, where these loopback nodes do not

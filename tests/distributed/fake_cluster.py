@@ -44,9 +44,18 @@ REHEARSAL_CPUS = {"gpu_worker": 2, "cpu_worker": 2}
 REHEARSAL_MODEL_SLOTS = 2
 
 
-def rehearsal_config(launcher_yaml: str | Path, *, gcs_address: str, idle_timeout_minutes: float) -> dict:
-    """The fake-multinode variant of a cluster launcher config (see the module doc)."""
-    cloud = yaml.safe_load(Path(launcher_yaml).read_text())
+def _load(launcher_yaml: str | Path) -> dict:
+    return yaml.safe_load(Path(launcher_yaml).read_text())
+
+
+def head_cpus(cloud: dict) -> int:
+    """The CPUs the launcher config's head advertises (0 in cluster/: the head runs no work)."""
+    return int(cloud["available_node_types"][cloud["head_node_type"]]["resources"].get("CPU", 0))
+
+
+def rehearsal_node_types(cloud: dict) -> dict:
+    """The launcher config's node types as rehearsal nodes (see the module doc): the head as
+    ``ray.head.default``, each worker type with scaled-down resources, its labels, at most one node."""
     head_type = cloud["head_node_type"]
     types = {}
     for name, spec in cloud["available_node_types"].items():
@@ -62,6 +71,13 @@ def rehearsal_config(launcher_yaml: str | Path, *, gcs_address: str, idle_timeou
             resources["clipvg_model"] = REHEARSAL_MODEL_SLOTS
         types[name] = {"resources": resources, "labels": dict(spec.get("labels", {})), "node_config": {},
                        "min_workers": spec.get("min_workers", 0), "max_workers": 1}
+    return types
+
+
+def rehearsal_config(launcher_yaml: str | Path, *, gcs_address: str, idle_timeout_minutes: float) -> dict:
+    """The fake-multinode variant of a cluster launcher config (see the module doc)."""
+    cloud = _load(launcher_yaml)
+    types = rehearsal_node_types(cloud)
     return {
         "cluster_name": f"{cloud['cluster_name']}-rehearsal",
         "max_workers": len(types) - 1,
@@ -89,9 +105,7 @@ class FakeClusterHead(RayHead):
     """A :class:`RayHead` that runs the autoscaler over the fake multi-node provider."""
 
     def __init__(self, temp_dir, launcher_yaml: str | Path, *, idle_timeout_minutes: float, env=None):
-        cloud = yaml.safe_load(Path(launcher_yaml).read_text())
-        head_cpus = int(cloud["available_node_types"][cloud["head_node_type"]]["resources"].get("CPU", 0))
-        super().__init__(temp_dir, num_cpus=head_cpus,
+        super().__init__(temp_dir, num_cpus=head_cpus(_load(launcher_yaml)),
                          env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", **(env or {})})
         self.launcher_yaml = Path(launcher_yaml)
         self.idle_timeout_minutes = idle_timeout_minutes
@@ -119,12 +133,10 @@ class StaticCluster(RayHead):
     and stopped here, by pid, like the head."""
 
     def __init__(self, temp_dir, launcher_yaml: str | Path):
-        cloud = yaml.safe_load(Path(launcher_yaml).read_text())
-        head_cpus = int(cloud["available_node_types"][cloud["head_node_type"]]["resources"].get("CPU", 0))
-        super().__init__(temp_dir, num_cpus=head_cpus)
-        self.launcher_yaml = Path(launcher_yaml)
+        cloud = _load(launcher_yaml)
+        super().__init__(temp_dir, num_cpus=head_cpus(cloud))
+        self.node_types = {k: v for k, v in rehearsal_node_types(cloud).items() if k != FAKE_HEAD_TYPE}
         self.workers: dict[str, subprocess.Popen] = {}
-        self.workers_labels = {name: spec.get("labels", {}) for name, spec in cloud["available_node_types"].items()}
 
     def worker_command(self, spec: dict) -> list[str]:
         from s3_server import free_port as port
@@ -145,12 +157,9 @@ class StaticCluster(RayHead):
 
     def start(self, timeout: float = 120.0, attempts: int = 3) -> "StaticCluster":
         super().start(timeout, attempts)
-        types = rehearsal_config(self.launcher_yaml, gcs_address=self.address,
-                                 idle_timeout_minutes=1)["available_node_types"]
         try:
-            for name, spec in types.items():
-                if name != FAKE_HEAD_TYPE:
-                    self._start_worker(name, spec, timeout, attempts)
+            for name, spec in self.node_types.items():
+                self._start_worker(name, spec, timeout, attempts)
         except BaseException:
             self.stop()
             raise
@@ -167,7 +176,8 @@ class StaticCluster(RayHead):
                     self.worker_command(spec), env=self.environment(), cwd=str(self.temp_dir),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.workers[name] = proc
-            joined = wait_until(lambda: proc.poll() is not None or self._alive_nodes(name), timeout=timeout)
+            joined = wait_until(lambda: proc.poll() is not None or self._alive_nodes(spec["labels"]),
+                                timeout=timeout)
             if joined and proc.poll() is None:
                 return
             if proc.poll() is None:
@@ -175,16 +185,15 @@ class StaticCluster(RayHead):
             self.attempt_logs.append(log_path.read_text(errors="replace")[-4000:])
         raise RuntimeError(f"the {name} node did not join in {attempts} attempts:\n{self.attempt_logs[-1]}")
 
-    def _alive_nodes(self, name: str) -> int:
-        """Alive nodes with the labels of node type ``name``."""
+    def _alive_nodes(self, labels: dict) -> int:
+        """Alive nodes that carry ``labels`` (a node type's)."""
         from ray.util.state import list_nodes
 
         try:
             nodes = list_nodes(address=self.dashboard_url, detail=True)
         except Exception:  # noqa: BLE001 - the dashboard may be busy
             return 0
-        role = self.workers_labels[name]
-        return sum(n.state == "ALIVE" and role.items() <= n.labels.items() for n in nodes)
+        return sum(n.state == "ALIVE" and labels.items() <= n.labels.items() for n in nodes)
 
     def refresh_pids(self) -> list[int]:
         for proc in self.workers.values():
