@@ -57,6 +57,19 @@ def build_tables(rows: dict[str, list[dict]]) -> dict[str, pa.Table]:
     return tables
 
 
+def tables_of_images(images, split: str, size: int) -> dict[str, pa.Table]:
+    """:func:`build_tables` of in-memory ``SyntheticImage``s of one ``split``, their images rows
+    pointing at ``files/<image_id>.png`` (not written): the pseudo-label generators' inputs
+    without a world on storage."""
+    rows: dict[str, list[dict]] = {name: [] for name in TABLES}
+    for im in images:
+        for name, more in image_rows(im, split).items():
+            rows[name] += more
+        rows["images"].append(dict(image_id=im.image_id, uri=f"files/{im.image_id}.png", bytes=None,
+                                   width=size, height=size, split=split))
+    return build_tables(rows)
+
+
 def simulator_rates() -> dict[str, dict]:
     """The documented error rates of the three simulated models (recorded in the manifest)."""
     return dict(

@@ -13,7 +13,7 @@ from clipvg.config import SynthConfig
 from clipvg.data import storage, synthetic as syn
 from clipvg.data import synthetic_captioner as cap
 from clipvg.data import synthetic_scenegraph as sg
-from clipvg.data.synthetic_tables import build_tables, image_rows
+from clipvg.data.synthetic_tables import tables_of_images
 from clipvg.data.synthetic_text import SHAPES
 from clipvg.pseudo.caption import lemma
 from clipvg.pseudo.common import iou
@@ -95,13 +95,7 @@ def test_captioner_noise_rates(images):
 
 def _source_quality(images, source):
     """(rows, wrong-box fraction, noun-mismatch fraction) of a source on ``images``."""
-    rows = {k: [] for k in ("samples", "images", "detections", "triplets", "captions")}
-    for im in images:
-        for name, more in image_rows(im, "train").items():
-            rows[name] += more
-        rows["images"].append(dict(image_id=im.image_id, uri="x", bytes=None, width=224,
-                                   height=224, split="train"))
-    t = build_tables(rows)
+    t = tables_of_images(images, "train", 224)
     out = generate_for_images(source, t["images"], t["detections"], t["triplets"],
                               t["captions"], seed=0, dataset="synthetic").to_pylist()
     objects = {im.image_id: im.objects for im in images}

@@ -9,7 +9,7 @@ import pytest
 
 from clipvg.config import load_config
 from clipvg.data import synthetic as syn
-from clipvg.data.synthetic_tables import build_tables, image_rows
+from clipvg.data.synthetic_tables import tables_of_images
 from clipvg.pseudo.common import iou
 from clipvg.pseudo.generate import generate_for_images
 
@@ -23,16 +23,6 @@ def demo():
     images = [syn.generate_image(syn.image_rng(0, "train", i), cfg.data.synth, image_id=f"syn-{i:04d}")
               for i in range(N)]
     return cfg, images
-
-
-def _tables(images, size):
-    rows = {k: [] for k in ("samples", "images", "detections", "triplets", "captions")}
-    for im in images:
-        for name, more in image_rows(im, "train").items():
-            rows[name] += more
-        rows["images"].append(dict(image_id=im.image_id, uri="x", bytes=None, width=size,
-                                   height=size, split="train"))
-    return build_tables(rows)
 
 
 def _small_objects_labelled(images, tables, source, options) -> tuple[int, int]:
@@ -51,7 +41,7 @@ def _small_objects_labelled(images, tables, source, options) -> tuple[int, int]:
 @pytest.mark.parametrize("source", ["template", "caption"])
 def test_the_demo_options_let_a_source_label_the_small_objects(demo, source):
     cfg, images = demo
-    tables = _tables(images, cfg.data.synth.image_size)
+    tables = tables_of_images(images, "train", cfg.data.synth.image_size)
     hit_default, small = _small_objects_labelled(images, tables, source, {})
     hit_demo, _ = _small_objects_labelled(images, tables, source, cfg.curriculum.generators[source])
     print(f"{source}: small objects labelled {hit_default}/{small} (Pseudo-Q floor), "

@@ -8,7 +8,7 @@ from clipvg.data import synthetic as syn
 from clipvg.data.schema import (
     CAPTIONS, SAMPLES_SCHEMA, TRIPLETS, SchemaError, conform, validate_table,
 )
-from clipvg.data.synthetic_tables import build_tables, image_rows
+from clipvg.data.synthetic_tables import tables_of_images
 from clipvg.pseudo.generate import GENERATORS, generate_for_images, resolve_options
 
 SOURCES = tuple(GENERATORS)
@@ -16,14 +16,8 @@ SOURCES = tuple(GENERATORS)
 
 @pytest.fixture(scope="module")
 def tables():
-    rows = {k: [] for k in ("samples", "images", "detections", "triplets", "captions")}
-    for i in range(16):
-        im = syn.generate_image(syn.image_rng(11, "train", i), image_id=f"im{i:02d}")
-        for name, more in image_rows(im, "train").items():
-            rows[name] += more
-        rows["images"].append(dict(image_id=im.image_id, uri=f"files/{im.image_id}.png",
-                                   bytes=None, width=224, height=224, split="train"))
-    return build_tables(rows)
+    images = [syn.generate_image(syn.image_rng(11, "train", i), image_id=f"im{i:02d}") for i in range(16)]
+    return tables_of_images(images, "train", 224)
 
 
 def run(source, t, images=None, **kw):
