@@ -43,14 +43,17 @@ class SampleTransform:
 
 
 def collate(items: list[tuple], context_length: int = 77, overflow: str = "truncate",
-            expr_types: dict[str, str | None] | None = None) -> dict:
+            expr_types: dict[str, str | None] | None = None,
+            image_ids: dict[str, str] | None = None) -> dict:
     """Stack ``(GroundingSample, sample_id)`` items into a batch; tokenize all texts at once.
 
-    ``expr_types`` maps sample ids to their expression type (for per-type accuracy).
+    ``expr_types`` maps sample ids to their expression type (for per-type accuracy),
+    ``image_ids`` to their image (for the shuffled-text control; None where unknown, e.g. the
+    fresh training stream, which no evaluation reads).
     """
     samples = [sample for sample, _ in items]
     ids = [sample_id for _, sample_id in items]
-    expr_types = expr_types or {}
+    expr_types, image_ids = expr_types or {}, image_ids or {}
     tok = tokenize([s.text for s in samples], context_length=context_length, overflow=overflow)
     if tok.truncated:
         log.debug("%d expression(s) truncated to %d tokens", tok.truncated, context_length)
@@ -62,6 +65,7 @@ def collate(items: list[tuple], context_length: int = 77, overflow: str = "trunc
         "target": torch.stack([s.box for s in samples]),
         "sample_id": ids,
         "expr_type": [expr_types.get(i) or "unknown" for i in ids],
+        "image_id": [image_ids.get(i) for i in ids],
         "truncated": tok.truncated,
     }
 
@@ -82,13 +86,14 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {uri} has no samples")
     expr_types = {r.sample_id: r.expr_type for r in dataset.records}
+    image_ids = {r.sample_id: r.image_id for r in dataset.records}
     if train and cfg.data.fresh_train_images:
         if cfg.data.uri is not None:
             raise ValueError("data.fresh_train_images needs the synthetic world (data.uri: null)")
         from clipvg.data.fresh import FreshWorld
 
         dataset = FreshWorld(cfg.data.synth, cfg.data.seed, transform, epoch_samples=len(dataset))
-        expr_types = None
+        expr_types = image_ids = None
     generator = torch.Generator().manual_seed(cfg.train.seed)
     sampler = None
     if train and cfg.train.samples_per_epoch and not isinstance(dataset, IterableDataset):
@@ -102,7 +107,7 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
         drop_last=train and (sampler is not None or len(dataset) >= cfg.train.batch_size),
         num_workers=cfg.data.loader_workers,
         collate_fn=partial(collate, context_length=cfg.model.context_length, overflow=cfg.data.text_overflow,
-                           expr_types=expr_types),
+                           expr_types=expr_types, image_ids=image_ids),
         generator=generator,
     )
 

@@ -7,6 +7,8 @@ Both work on *batches*: dicts with (B = batch size, S = canvas side)
 * ``tokens``      (B, 77) int64 CLIP BPE ids; ``token_mask`` (B, 77) int64, 1 = real token
 * ``target``      (B, 4) float32 (cx, cy, w, h) normalised by the padded canvas
 * ``sample_id``   list[str] of length B; optional ``expr_type`` list[str] for per-type accuracy
+* ``image_id``    list[str] of length B (evaluation: the shuffled-text control, see
+  :mod:`clipvg.engine.control`, shows each sample a text of another image)
 
 They know nothing of Ray, DDP or where batches come from: the local loop
 (:mod:`clipvg.engine.local`) and the Ray Train workers (:mod:`clipvg.distributed`) feed them
@@ -23,6 +25,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from clipvg.engine.control import TextShuffler, control_summary
 from clipvg.engine.loss import box_losses
 from clipvg.engine.metrics import AccuracyMeter, eval_iou
 
@@ -66,12 +69,15 @@ def train_step(
 
 @dataclass
 class EvalResult:
-    """Acc@0.5 over every evaluated sample, per expression type, and each sample's IoU."""
+    """Acc@0.5 over every evaluated sample, per expression type, and each sample's IoU; with
+    the shuffled-text control, its Acc@0.5 too (``shuffled``; None when not run)."""
 
     meter: AccuracyMeter
     loss: float  # mean training loss (L1 + GIoU) over the samples
     ious: dict[str, float] = field(default_factory=dict)  # sample_id -> evaluation IoU
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole pass, control included
+    shuffled: AccuracyMeter | None = None  # the same samples shown texts of other images
+    shuffled_skipped: int = 0  # samples with no text of another image to show
 
     @property
     def accuracy(self) -> float:
@@ -82,21 +88,28 @@ class EvalResult:
         return self.meter.total
 
     def summary(self) -> dict:
-        return {"acc": self.accuracy, "total": self.total, "loss": self.loss,
-                "per_type": self.meter.group_accuracy(), "seconds": round(self.seconds, 2)}
+        out = {"acc": self.accuracy, "total": self.total, "loss": self.loss,
+               "per_type": self.meter.group_accuracy(), "seconds": round(self.seconds, 2)}
+        if self.shuffled is not None:
+            out["shuffled_text"] = control_summary(self.shuffled, self.shuffled_skipped)
+        return out
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[dict], device: torch.device | str = "cpu") -> EvalResult:
+def evaluate(model: nn.Module, batches: Iterable[dict], device: torch.device | str = "cpu",
+             shuffled_text: bool = True, seed: int = 0) -> EvalResult:
     """Official evaluation (prediction clamped to the canvas, IoU >= 0.5) over every batch.
 
     Every sample is counted exactly once: a ``sample_id`` seen twice is an error, because a
-    duplicated or dropped row would silently bias the reported accuracy.
+    duplicated or dropped row would silently bias the reported accuracy. ``shuffled_text``:
+    also run each batch with texts of other images (:mod:`clipvg.engine.control`, drawn with
+    ``seed``; batches then need ``image_id``) in the same single pass over ``batches``.
     """
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     meter, ious, loss_sum = AccuracyMeter(), {}, 0.0
+    shuffler, control = (TextShuffler(seed), AccuracyMeter()) if shuffled_text else (None, None)
     for batch in batches:
         batch = to_device(batch, device)
         pred = forward(model, batch)
@@ -107,9 +120,13 @@ def evaluate(model: nn.Module, batches: Iterable[dict], device: torch.device | s
             if sample_id in ious:
                 raise ValueError(f"sample {sample_id!r} was evaluated twice")
             ious[sample_id] = value
+        foreign = shuffler(batch) if shuffler is not None else None
+        if foreign is not None:
+            control.add(eval_iou(forward(model, foreign), foreign["target"]), foreign.get("expr_type"))
     model.train(was_training)
     loss = loss_sum / meter.total if meter.total else math.nan
-    return EvalResult(meter=meter, loss=loss, ious=ious, seconds=time.perf_counter() - start)
+    return EvalResult(meter=meter, loss=loss, ious=ious, seconds=time.perf_counter() - start,
+                      shuffled=control, shuffled_skipped=shuffler.skipped if shuffler is not None else 0)
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
