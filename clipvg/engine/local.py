@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from clipvg.config import Config, load_config, save_config
 from clipvg.data.batching import build_loader, ensure_dataset
+from clipvg.engine.control import fmt_acc, shuffled_text_table
 from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, train_step
 from clipvg.model import build_model, count_parameters, export_model
 
@@ -37,6 +38,9 @@ class TrainHistory:
     best_acc: float = -1.0
     best_epoch: int = -1
     test: dict = field(default_factory=dict)  # split -> summary of the best model
+    # split -> {"acc", "per_type"} of the best model shown texts of other images (the control
+    # of clipvg.engine.control; also inside each test summary, as "shuffled_text")
+    test_shuffled_text: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -92,10 +96,12 @@ def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainH
         if result.accuracy > history.best_acc:  # strictly better, as the official trainer
             history.best_acc, history.best_epoch = result.accuracy, epoch + 1
             export_model(model, run_dir / "best")
-        log.info("epoch %d: train loss %.4f, val Acc@0.5 %.4f %s", epoch + 1, record["train_loss"],
-                 result.accuracy, _fmt_types(result.meter.group_accuracy()))
+        log.info("epoch %d: train loss %.4f, val Acc@0.5 %.4f (shuffled text %s) %s", epoch + 1,
+                 record["train_loss"], result.accuracy, fmt_acc(record["val"]["shuffled_text"]["acc"]),
+                 _fmt_types(result.meter.group_accuracy()))
     metrics_file.close()
     history.test = _evaluate_best(cfg, data_uri, run_dir, storage_options)
+    history.test_shuffled_text = shuffled_text_table(history.test)
     (run_dir / "history.json").write_text(json.dumps(history.__dict__, indent=2))
     return history
 
@@ -156,6 +162,7 @@ def run(args) -> int:
     history = train_local(cfg)
     for split, summary in history.test.items():
         print(f"held-out {split} Acc@0.5 = {summary['acc']:.4f} over {summary['total']} samples "
-              f"(best epoch {history.best_epoch}) {_fmt_types(summary['per_type'])}")
+              f"(best epoch {history.best_epoch}) {_fmt_types(summary['per_type'])}; "
+              f"shuffled text {fmt_acc(summary['shuffled_text']['acc'])}")
     print(f"outputs: {history.run_dir}")
     return 0
