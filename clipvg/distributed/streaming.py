@@ -336,7 +336,7 @@ def _fan_out_slots(raw: dict, index: SampleIndex, normalize: str, device) -> dic
         tokens=tokens, token_mask=(tokens > 0).to(torch.int64),  # official rule: id > 0
         target=raw["target"][canvas, slot].to(device),
         sample_id=[index.sample_ids[r] for r in rows], expr_type=[index.expr_types[r] for r in rows],
-        image_id=[raw["image_id"][c] for c in canvas.tolist()],
+        image_id=[raw["image_id"][c] for c in canvas.tolist()],  # the shuffled-text control needs it
     )
 
 

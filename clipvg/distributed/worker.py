@@ -31,6 +31,7 @@ from clipvg.data.fanout import FanOutSpec
 from clipvg.distributed.shards import rank_images
 from clipvg.distributed.streaming import StreamPlan, StreamReport, build_dataset, iter_model_batches
 from clipvg.engine.checkpoint import TrainState, load_training_state, save_training_state
+from clipvg.engine.control import control_summary, fmt_acc, shuffled_text_table
 from clipvg.engine.metrics import AccuracyMeter
 from clipvg.engine.steps import build_optimizer, evaluate, lr_factor, train_step
 
@@ -88,10 +89,18 @@ def train_loop_per_worker(config: dict) -> None:
         _report_epoch(cfg, job, raw_model, optimizer, state, record, improved, ctx, run_log)
     test = _test_best(cfg, job, raw_model, ctx)
     if ctx.is_chief:
-        history = {"run_dir": cfg.run_dir, "epochs": state.history, "best_acc": state.best_acc,
-                   "best_epoch": state.best_epoch, "test": test, "world_size": ctx.world}
+        history = run_history(cfg.run_dir, state, test, ctx.world)
         storage.write_json(history, storage.join(cfg.run_dir, "history.json"), **job.storage_options)
         run_log.close()
+
+
+def run_history(run_dir: str, state: TrainState, test: dict, world: int) -> dict:
+    """``history.json`` of a finished run, in the shape train-local writes (the curriculum
+    reads both): epochs, best validation, the best model's test summaries (split -> summary)
+    and their shuffled-text control on its own (split -> {acc, per_type})."""
+    return {"run_dir": run_dir, "epochs": state.history, "best_acc": state.best_acc,
+            "best_epoch": state.best_epoch, "test": test, "test_shuffled_text": shuffled_text_table(test),
+            "world_size": world}
 
 
 def _context() -> Ctx:
@@ -271,12 +280,14 @@ def _mfu(samples_per_s: float, flops: float | None, ctx: Ctx) -> float | None:
 
 def _evaluate(raw_model, job: WorkerJob, split: str, ctx: Ctx) -> dict:
     """Acc@0.5 over ``split``: every rank evaluates its images, counts are merged, and every
-    sample must have been seen exactly once (or reported as unreadable)."""
+    sample must have been seen exactly once (or reported as unreadable). With the
+    shuffled-text control (each rank shows its samples texts of its other images)."""
     report = StreamReport()
     batches, _ = _stream(job.cfg, job, split, ctx, epoch=0, train=False, report=report, keep_ids=True)
     result = evaluate(raw_model, batches, ctx.device)
     mine = {"meter": result.meter.state(), "ids": report.sample_ids or [], "failed": report.failed,
-            "loss_sum": result.loss * result.total if result.total else 0.0}
+            "loss_sum": result.loss * result.total if result.total else 0.0,
+            "shuffled": result.shuffled.state(), "shuffled_skipped": result.shuffled_skipped}
     parts = [mine]
     if ctx.world > 1:
         parts = [None] * ctx.world
@@ -285,9 +296,11 @@ def _evaluate(raw_model, job: WorkerJob, split: str, ctx: Ctx) -> dict:
 
 
 def _merge_eval(parts: list[dict], plan: StreamPlan, seconds: float) -> dict:
-    meter = AccuracyMeter()
+    """One summary (the keys of EvalResult.summary, plus ``unreadable``) of every rank's part."""
+    meter, shuffled = AccuracyMeter(), AccuracyMeter()
     for part in parts:
         meter.merge(part["meter"])
+        shuffled.merge(part["shuffled"])
     seen = [i for p in parts for i in p["ids"]] + [f[0] for p in parts for f in p["failed"]]
     if len(seen) != plan.num_samples or len(set(seen)) != plan.num_samples:
         raise RuntimeError(f"evaluation of split {plan.split!r} saw {len(seen)} rows "
@@ -295,7 +308,8 @@ def _merge_eval(parts: list[dict], plan: StreamPlan, seconds: float) -> dict:
     failed = sum(len(p["failed"]) for p in parts)
     return {"acc": meter.accuracy, "total": meter.total, "unreadable": failed,
             "loss": sum(p["loss_sum"] for p in parts) / max(meter.total, 1),
-            "per_type": meter.group_accuracy(), "seconds": round(seconds, 2)}
+            "per_type": meter.group_accuracy(), "seconds": round(seconds, 2),
+            "shuffled_text": control_summary(shuffled, sum(p["shuffled_skipped"] for p in parts))}
 
 
 def _report_epoch(cfg: Config, job: WorkerJob, raw_model, optimizer, state: TrainState, record: dict,
@@ -309,7 +323,8 @@ def _report_epoch(cfg: Config, job: WorkerJob, raw_model, optimizer, state: Trai
         ray.train.report(metrics)
         return
     print(f"epoch {record['epoch']}/{cfg.train.epochs}: train loss {record['train_loss']:.4f}, "
-          f"val Acc@0.5 {record['val']['acc']:.4f} ({record['train_samples_per_s']:.1f} samples/s)", flush=True)
+          f"val Acc@0.5 {record['val']['acc']:.4f} (shuffled text {fmt_acc(record['val']['shuffled_text']['acc'])}) "
+          f"({record['train_samples_per_s']:.1f} samples/s)", flush=True)
     run_log.epoch(record)
     run_log.sync()
     with tempfile.TemporaryDirectory(prefix="clipvg-ckpt-") as folder:
