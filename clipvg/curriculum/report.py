@@ -4,7 +4,9 @@
 held-out split) for each compared method under ``raw_template`` (w/o curriculum: the whole
 first source), ``ssa``, ``raw_union`` (w/o MSA: every source whole), ``msa`` and
 ``full_supervised`` (the ground-truth train split), plus the chosen thresholds, the source
-order, what was searched, and the margins the curriculum is judged by.
+order, what was searched, and the margins the curriculum is judged by. ``shuffled_text``
+holds, per method and held-out split, the Acc@0.5 of the shuffled-text control (the final
+model shown texts of other images, :mod:`clipvg.engine.control`), read from its history.
 """
 
 from __future__ import annotations
@@ -32,6 +34,42 @@ METHODS = {  # key -> row label (paper Tables I/II)
 def accuracy_table(finals: dict) -> dict:
     """method -> {"val": acc, <split>: acc, ...}."""
     return {m: {"val": finals[m]["val_acc"], **finals[m]["test"]} for m in METHODS}
+
+
+def shuffled_accuracy_table(histories: dict[str, dict | None]) -> dict:
+    """method -> {split: Acc@0.5 of the shuffled-text control} from each final model's
+    ``history.json`` (``test_shuffled_text``, :mod:`clipvg.engine.control`); a method whose
+    history is missing or predates the control gets ``{}`` (shown as "-")."""
+    out = {}
+    for m in METHODS:
+        table = (histories.get(m) or {}).get("test_shuffled_text") or {}
+        out[m] = {split: v["acc"] for split, v in table.items()}
+    return out
+
+
+def _final_histories(pipeline) -> dict[str, dict | None]:
+    """method -> ``history.json`` of its final model (None when it has no run: an empty pool)."""
+    out = {}
+    for m in METHODS:
+        run_dir = pipeline.outputs["finals"][m].get("run_dir")
+        uri = storage.join(run_dir, "history.json") if run_dir else None
+        out[m] = (storage.read_json(uri, **pipeline.options)
+                  if uri and storage.exists(uri, **pipeline.options) else None)
+    return out
+
+
+def accuracy_lines(acc: dict, shuffled: dict, test_splits: list[str]) -> list[str]:
+    """The markdown accuracy table: val, then each held-out split followed by the same model's
+    accuracy with shuffled texts (a model that reads the text falls towards the random-object
+    baseline there; "-": not measured)."""
+    columns = ["val"] + [c for s in test_splits for c in (s, f"{s}, shuffled text")]
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for m, label in METHODS.items():
+        cells = [_pct(acc[m].get("val"))]
+        for s in test_splits:
+            cells += [_pct(acc[m].get(s)), _pct(shuffled[m][s]) if s in shuffled[m] else "-"]
+        lines.append(f"| {label} (`{m}`) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def margins(acc: dict, split: str) -> dict:
@@ -121,14 +159,13 @@ def _prediction_grid(pipeline, run_dir: str, path: Path) -> Path:
 
 def _markdown(pipeline, acc: dict, report: dict, figs: dict) -> str:
     o, c = pipeline.outputs, pipeline.cfg.curriculum
-    splits = ["val", *pipeline.cfg.data.test_splits]
     lines = [f"# CLIP-VG curriculum report: `{pipeline.run_dir}`", "",
              f"World / dataset: `{o['world']['uri']}`. Sources: {', '.join(pipeline.sources)}. "
              f"Pseudo-labels: " + ", ".join(f"{s} {o[f'pseudo:{s}']['rows']}" for s in pipeline.sources) + ".",
              "", "## Accuracy (Acc@0.5; val = best validation epoch, then held-out splits)", "",
-             "| method | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
-    for m, label in METHODS.items():
-        lines.append(f"| {label} (`{m}`) | " + " | ".join(_pct(acc[m].get(s)) for s in splits) + " |")
+             *accuracy_lines(acc, report["shuffled_text"], pipeline.cfg.data.test_splits), "",
+             "Shuffled text: the same held-out samples, each shown the expression of another image "
+             "(a model that reads the text falls to about the random-object baseline)."]
     mg = report["margins"]
     lines += ["", f"Margins on `{mg['split']}`: SSA - w/o curriculum = {_pts(mg['ssa_minus_raw_template'])}, "
               f"MSA - w/o MSA = {_pts(mg['msa_minus_raw_union'])} (points).", "",
@@ -169,7 +206,10 @@ def write_report(pipeline) -> dict:
     o = pipeline.outputs
     split = pipeline.cfg.data.test_splits[0]
     acc = accuracy_table(o["finals"])
-    report = {**acc, "thresholds": {"ssa": o["ssa"]["h"], "msa": o["msa"]["thresholds"]},
+    # its own key: the methods' entries keep their {val, <split>} shape (golden pipeline test)
+    shuffled = shuffled_accuracy_table(_final_histories(pipeline))
+    report = {**acc, "shuffled_text": shuffled,
+              "thresholds": {"ssa": o["ssa"]["h"], "msa": o["msa"]["thresholds"]},
               "source_order": o["msa"]["order"], "margins": margins(acc, split),
               "searched": {"thresholds": pipeline.cfg.curriculum.thresholds,
                            "search": pipeline.cfg.curriculum.search, "h0": pipeline.cfg.curriculum.h0,
@@ -187,6 +227,7 @@ def write_report(pipeline) -> dict:
     storage.write_json(report, storage.join(out_uri, "report.json"), **pipeline.options)
     mg = report["margins"]
     summary = "\n".join([f"{METHODS[m]:<42} " + "  ".join(f"{s} {_pct(v)}" for s, v in acc[m].items())
+                         + "".join(f"  {s} shuffled text {_pct(v)}" for s, v in shuffled[m].items())
                          for m in METHODS] + [
         f"SSA - w/o curriculum: {_pts(mg['ssa_minus_raw_template'])} points; "
         f"MSA - w/o MSA: {_pts(mg['msa_minus_raw_union'])} points ({split})"])
