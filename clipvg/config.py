@@ -85,6 +85,10 @@ class DataConfig:
     # Synthetic world only: train on freshly generated images of the same world (a new stream
     # every epoch, as many samples as the fixed train split) instead of its fixed train split.
     fresh_train_images: bool = False
+    # With fresh_train_images: an easy-to-hard stream. Epoch e < N draws scenes of at most
+    # 2 + (max_objects - 2) * e / N objects (rounded, at least min(2, min_objects)), then the
+    # world's own counts; 0 = the world's counts from the start.
+    easy_to_hard_epochs: int = 0
     # Train on these samples (pseudo-label sources, reliability-filtered) instead of the
     # dataset's train split; images still come from the dataset at ``uri``. Empty = the split.
     train_pool: list[PoolEntry] = field(default_factory=list)
@@ -100,6 +104,27 @@ class FusionConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     layernorm_eps: float = 1e-5
+
+
+@dataclass
+class TextConditioningConfig:
+    """Options that make reading the expression learnable in few samples (docs/pretraining.md).
+
+    All off = the official CLIP-VG architecture, which must relearn text-to-patch matching from
+    randomly initialised projections and needs millions of samples to start doing so.
+    """
+
+    # Keep the towers' frozen ``ln_post``/``proj`` (CLIP's aligned space, which CLIP-VG
+    # discards) and add to every patch token ``scale * s_j * direction``, where ``s_j`` is the
+    # cosine between the expression's EOT embedding and the patch's dense CLIP embedding,
+    # centred over the image's patches (0 for CLS and padding). ``scale`` starts at
+    # ``similarity_scale_init`` and, like ``direction``, is learned.
+    similarity_prior: bool = False
+    similarity_scale_init: float = 10.0
+    # The last ``tune_tower_blocks`` blocks of each tower (and ln_final / text_projection of the
+    # text tower) train too, at ``train.lr * tower_lr_scale``; 0 = the freeze policy alone.
+    tune_tower_blocks: int = 0
+    tower_lr_scale: float = 0.1
 
 
 @dataclass
@@ -120,6 +145,7 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     freeze: Literal["official", "all", "none"] = "official"
     patch_mask: Literal["official", "antialias"] = "official"
+    text_conditioning: TextConditioningConfig = field(default_factory=TextConditioningConfig)
 
 
 @dataclass
@@ -381,6 +407,9 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (FusionConfig, "dropout"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (ModelConfig, "image_size"): (lambda v: v >= 32, "must be >= 32"),
     (ModelConfig, "context_length"): (lambda v: v >= 3, "must be >= 3"),
+    (DataConfig, "easy_to_hard_epochs"): (lambda v: v >= 0, "must be >= 0"),
+    (TextConditioningConfig, "tune_tower_blocks"): (lambda v: v >= 0, "must be >= 0"),
+    (TextConditioningConfig, "tower_lr_scale"): (lambda v: v > 0, "must be > 0"),
     (ScalingConfig, "num_workers"): (lambda v: v >= 1, "must be >= 1"),
     (ScalingConfig, "cpus_per_worker"): (lambda v: v > 0, "must be > 0"),
     (ScalingConfig, "data_cpus"): (lambda v: v > 0, "must be > 0"),
@@ -409,6 +438,9 @@ def _check_values(obj: Any, where: str) -> None:
                           "(Ray Train runs one pass over the pool per epoch)")
     if isinstance(obj, PoolEntry) and obj.threshold is not None and obj.scores is None:
         raise ConfigError(f"{_join(where, 'threshold')}: a threshold needs a scores table (scores: URI)")
+    if isinstance(obj, DataConfig) and obj.easy_to_hard_epochs and not obj.fresh_train_images:
+        raise ConfigError(f"{_join(where, 'easy_to_hard_epochs')}: needs data.fresh_train_images=true "
+                          "(the fixed train split cannot change its scenes)")
     if isinstance(obj, SynthConfig) and obj.max_objects < obj.min_objects:
         raise ConfigError(f"{_join(where, 'max_objects')}: {obj.max_objects} < min_objects {obj.min_objects}")
 

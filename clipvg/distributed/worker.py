@@ -33,7 +33,7 @@ from clipvg.distributed.streaming import StreamPlan, StreamReport, build_dataset
 from clipvg.engine.checkpoint import TrainState, load_training_state, save_training_state
 from clipvg.engine.control import control_summary, fmt_acc, shuffled_text_table
 from clipvg.engine.metrics import AccuracyMeter
-from clipvg.engine.steps import build_optimizer, evaluate, lr_factor, train_step
+from clipvg.engine.steps import build_optimizer, evaluate, lr_factor, set_lr, train_step
 
 log = logging.getLogger("clipvg.train")
 BEST = "best"
@@ -223,8 +223,7 @@ def _train_epoch(model, optimizer, job: WorkerJob, ctx: Ctx, epoch: int, state: 
             break
         lr = cfg.train.lr * lr_factor(state.global_step, epoch, cfg.train.epochs, steps,
                                       cfg.train.schedule, cfg.train.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         if flops is None:
             flops = _flops_per_sample(model, batch, ctx)
         losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm)

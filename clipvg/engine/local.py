@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from clipvg.config import Config, load_config, save_config
 from clipvg.data.batching import build_loader, ensure_dataset
 from clipvg.engine.control import fmt_acc, shuffled_text_table
-from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, train_step
+from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, set_lr, train_step
 from clipvg.model import build_model, count_parameters, export_model
 
 log = logging.getLogger("clipvg.train")
@@ -76,8 +76,7 @@ def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainH
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True, leave=False)
         for batch in bar:
             factor = lr_factor(step, epoch, cfg.train.epochs, steps_per_epoch, cfg.train.schedule, cfg.train.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.train.lr * factor
+            set_lr(optimizer, cfg.train.lr * factor)
             losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm)
             n = len(batch["sample_id"])
             seen, loss_sum, step = seen + n, loss_sum + losses["loss"] * n, step + 1

@@ -130,12 +130,26 @@ def evaluate(model: nn.Module, batches: Iterable[dict], device: torch.device | s
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over every trainable tensor in one group (what the official script ends up doing:
-    its per-backbone groups match no CLIP-VG parameter name), weight decay on all of them."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """AdamW over every trainable tensor, weight decay on all of them. One group (what the
+    official script ends up doing: its per-backbone groups match no CLIP-VG parameter name),
+    plus one group per learning-rate scale in ``model.lr_scales`` (``{parameter name: scale}``,
+    e.g. tower blocks tuned at a tenth of the fusion's lr). Each group's ``lr_scale`` multiplies
+    the scheduled lr (:func:`set_lr`)."""
+    scales = getattr(model, "lr_scales", {})  # a model attribute, not a config read
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(float(scales.get(name, 1.0)), []).append(p)
+    if not groups:
         raise ValueError("the model has no trainable parameters (model.freeze=all with nothing else?)")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW([{"params": params, "lr_scale": scale} for scale, params in groups.items()],
+                             lr=lr, weight_decay=weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The scheduled ``lr`` times each group's ``lr_scale`` (1 when absent)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def lr_factor(step: int, epoch: int, epochs: int, steps_per_epoch: int, schedule: str, warmup_steps: int) -> float:

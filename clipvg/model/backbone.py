@@ -25,6 +25,7 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipvg.config import ModelConfig
@@ -33,6 +34,8 @@ from clipvg.model.state_dict import short_list, strip_module_prefix
 # CLIP state_dict entries that CLIP-VG never uses; a weights file may carry them (ignored).
 _DEAD_KEYS = ("logit_scale", "logit_bias", "visual.ln_post.weight", "visual.ln_post.bias",
               "visual.proj")
+# CLIP's image head: kept (frozen) only for the similarity prior, which reads CLIP's aligned space.
+_ALIGNED_HEAD_KEYS = ("visual.ln_post.weight", "visual.ln_post.bias", "visual.proj")
 # Attributes OpenAI's TorchScript archives add to their state_dict.
 _META_KEYS = ("input_resolution", "context_length", "vocab_size")
 _BLOCK_KEY = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.")
@@ -114,8 +117,10 @@ class CLIPBackbone(nn.Module):
     """
 
     autocast_dtype: torch.dtype | None = None  # a class default: old pickles/instances lack it
+    keeps_aligned_head: bool = False
 
-    def __init__(self, clip: open_clip.CLIP, taps: list[int] | None = None):
+    def __init__(self, clip: open_clip.CLIP, taps: list[int] | None = None,
+                 keep_aligned_head: bool = False):
         super().__init__()
         visual = clip.visual
         num_blocks = len(visual.transformer.resblocks)
@@ -125,8 +130,15 @@ class CLIPBackbone(nn.Module):
         self.taps = taps
         # Remove what CLIP-VG never runs: blocks after the last tap, ln_post, proj, logit_scale.
         visual.transformer.resblocks = visual.transformer.resblocks[: taps[-1] + 1]
-        visual.ln_post = nn.Identity()
-        visual.proj = None
+        if keep_aligned_head:
+            # ln_post/proj map the *final* block's stream into the space shared with the text.
+            if taps[-1] != num_blocks - 1 or not isinstance(visual.proj, nn.Parameter):
+                raise ValueError(f"the similarity prior needs the last tap ({taps[-1]}) to be the "
+                                 f"tower's last block ({num_blocks - 1}) and a visual proj")
+            self.keeps_aligned_head = True
+        else:
+            visual.ln_post = nn.Identity()
+            visual.proj = None
         self.visual = visual
         self.transformer = clip.transformer
         self.token_embedding = clip.token_embedding
@@ -232,6 +244,21 @@ class CLIPBackbone(nn.Module):
                 x = p(x) if isinstance(p, nn.Linear) else x @ p
         return x.float()
 
+    def dense_image_embeddings(self, last_tap: Tensor) -> Tensor:
+        """CLIP's aligned embedding of every visual token (MaskCLIP's dense reading).
+
+        Args:
+            last_tap: ``(B, 1 + G*G, Wv)`` raw residual stream after the tower's last block.
+        Returns:
+            ``(B, 1 + G*G, E)`` float32 ``ln_post(x) @ proj``; needs ``keep_aligned_head``.
+        """
+        if not self.keeps_aligned_head:
+            raise RuntimeError("the towers were built without CLIP's ln_post/proj")
+        ln = self.visual.ln_post
+        x = F.layer_norm(last_tap.float(), ln.normalized_shape, ln.weight.float(),
+                         ln.bias.float(), ln.eps)
+        return x @ self.visual.proj.float()
+
     # ---------------------------------------------------------------- policy and weights
     def set_freeze(self, policy: str) -> None:
         """``official``: all frozen but the visual positional embedding; ``all``; ``none``."""
@@ -241,9 +268,30 @@ class CLIPBackbone(nn.Module):
             p.requires_grad_(policy == "none")
         if policy == "official":
             self.visual.positional_embedding.requires_grad_(True)
+        if self.keeps_aligned_head:  # the prior's reference map never moves
+            for p in (self.visual.ln_post.weight, self.visual.ln_post.bias, self.visual.proj):
+                p.requires_grad_(False)
+
+    def unfreeze_last_blocks(self, n: int) -> list[nn.Parameter]:
+        """Make the last ``n`` blocks of both towers trainable, with the text tower's
+        ``ln_final`` and ``text_projection``; returns those parameters (for their own lr)."""
+        if n <= 0:
+            return []
+        modules = [*self.visual.transformer.resblocks[-n:], *self.transformer.resblocks[-n:],
+                   self.ln_final]
+        params = [p for m in modules for p in m.parameters()]
+        if isinstance(self.text_projection, nn.Parameter):
+            params.append(self.text_projection)
+        elif isinstance(self.text_projection, nn.Module):
+            params.extend(self.text_projection.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        return params
 
     def is_removed_key(self, key: str) -> bool:
         """True for CLIP state_dict keys of modules this backbone dropped (dead in CLIP-VG)."""
+        if self.keeps_aligned_head and key in _ALIGNED_HEAD_KEYS:
+            return False
         if key in _DEAD_KEYS or key in _META_KEYS:
             return True
         m = _BLOCK_KEY.match(key)
@@ -296,7 +344,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 
 def build_backbone(cfg: ModelConfig) -> CLIPBackbone:
     """Towers for ``cfg``: open_clip build, dead modules removed, weights loaded, freeze applied."""
-    backbone = CLIPBackbone(build_clip(cfg), cfg.taps)
+    conditioning = cfg.text_conditioning
+    backbone = CLIPBackbone(build_clip(cfg), cfg.taps,
+                            keep_aligned_head=conditioning.similarity_prior)
     if cfg.weights:
         backbone.load_clip_weights(cfg.weights)
     backbone.set_freeze(cfg.freeze)

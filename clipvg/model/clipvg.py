@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from clipvg.config import ModelConfig
 from clipvg.model.backbone import CLIPBackbone, build_backbone
 from clipvg.model.fusion import VLFusion, build_fusion
+from clipvg.model.similarity import SimilarityPrior, centred_patch_similarity, eot_embeddings
 
 
 def compute_patch_mask(pixel_mask: Tensor, grid: tuple[int, int], mode: str = "official") -> Tensor:
@@ -47,9 +48,12 @@ class CLIPVG(nn.Module):
         backbone: the CLIP towers (:class:`CLIPBackbone`).
         fusion: [REG] token, position table, fusion encoder and box head (:class:`VLFusion`).
         patch_mask: ``"official"`` or ``"antialias"`` (see :func:`compute_patch_mask`).
+        similarity_prior: optional :class:`SimilarityPrior` (needs towers that keep CLIP's
+            ``ln_post``/``proj``); None = the official architecture.
     """
 
-    def __init__(self, backbone: CLIPBackbone, fusion: VLFusion, patch_mask: str = "official"):
+    def __init__(self, backbone: CLIPBackbone, fusion: VLFusion, patch_mask: str = "official",
+                 similarity_prior: SimilarityPrior | None = None):
         super().__init__()
         d_model = fusion.pos_embed.embedding_dim
         expected = 1 + backbone.context_length + backbone.num_visual_tokens
@@ -60,6 +64,9 @@ class CLIPVG(nn.Module):
         self.text_proj = nn.Linear(backbone.embed_dim, d_model)
         self.fusion = fusion
         self.patch_mask_mode = patch_mask
+        if similarity_prior is not None and not backbone.keeps_aligned_head:
+            raise ValueError("the similarity prior needs towers built with keep_aligned_head")
+        self.similarity_prior = similarity_prior
 
     def patch_mask(self, pixel_mask: Tensor) -> Tensor:
         """``(B, S, S)`` pixel mask (1 = padding) -> ``(B, G*G)`` bool, True = ignored patch."""
@@ -73,7 +80,8 @@ class CLIPVG(nn.Module):
         ``(B, 1+G*G, n_taps*Wv)``, ``text_features`` ``(B, L, E)``, ``visu_src``
         ``(B, 1+G*G, D)``, ``text_src`` ``(B, L, D)``, ``patch_mask`` ``(B, G*G)``,
         ``fusion_key_padding_mask`` ``(B, 1+L+1+G*G)``, ``fusion_out`` ``(B, 1+L+1+G*G, D)``,
-        ``reg_out`` ``(B, D)`` and ``pred_boxes`` ``(B, 4)``.
+        ``reg_out`` ``(B, D)`` and ``pred_boxes`` ``(B, 4)``; with the similarity prior also
+        ``similarity`` ``(B, 1+G*G)`` (the centred cosine map, 0 for CLS and padding).
         """
         self._check_inputs(image, pixel_mask, tokens, token_mask)
         taps = self.backbone.forward_taps(image)
@@ -84,10 +92,17 @@ class CLIPVG(nn.Module):
         text_pad = token_mask.eq(0)
         patch_pad = self.patch_mask(pixel_mask)
         visu_pad = torch.cat([patch_pad.new_zeros(patch_pad.shape[0], 1), patch_pad], dim=1)
+        extra = {}
+        if self.similarity_prior is not None:
+            dense = self.backbone.dense_image_embeddings(taps[-1])
+            similarity = centred_patch_similarity(eot_embeddings(text_features, tokens), dense,
+                                                  patch_pad)
+            visu_src = self.similarity_prior(visu_src, similarity)
+            extra["similarity"] = similarity
         boxes, fusion_out = self.fusion(text_src, text_pad, visu_src, visu_pad)
         kpm = torch.cat([text_pad.new_zeros(text_pad.shape[0], 1), text_pad, visu_pad], dim=1)
         return {
-            "taps": taps, "visual_multilevel": multilevel, "text_features": text_features,
+            **extra, "taps": taps, "visual_multilevel": multilevel, "text_features": text_features,
             "visu_src": visu_src, "text_src": text_src, "patch_mask": patch_pad,
             "fusion_key_padding_mask": kpm, "fusion_out": fusion_out,
             "reg_out": fusion_out[:, 0], "pred_boxes": boxes,
@@ -131,7 +146,15 @@ def build_model(cfg: ModelConfig) -> CLIPVG:
     d_model = cfg.fusion.d_model or backbone.embed_dim
     seq_len = 1 + backbone.context_length + backbone.num_visual_tokens
     fusion = build_fusion(cfg.fusion, d_model, seq_len)
-    model = CLIPVG(backbone, fusion, cfg.patch_mask)
+    conditioning = cfg.text_conditioning
+    prior = (SimilarityPrior(d_model, conditioning.similarity_scale_init)
+             if conditioning.similarity_prior else None)
+    model = CLIPVG(backbone, fusion, cfg.patch_mask, prior)
+    tuned = backbone.unfreeze_last_blocks(conditioning.tune_tower_blocks)
+    ids = {id(p) for p in tuned}
+    # parameter name -> lr multiplier (read by engine.steps.build_optimizer)
+    model.lr_scales = {name: conditioning.tower_lr_scale for name, p in model.named_parameters()
+                       if id(p) in ids}
     model.config = cfg  # what load_model/export_model and predict need to rebuild or preprocess
     return model
 
