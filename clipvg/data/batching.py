@@ -92,7 +92,8 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
             raise ValueError("data.fresh_train_images needs the synthetic world (data.uri: null)")
         from clipvg.data.fresh import FreshWorld
 
-        dataset = FreshWorld(cfg.data.synth, cfg.data.seed, transform, epoch_samples=len(dataset))
+        dataset = FreshWorld(cfg.data.synth, cfg.data.seed, transform, epoch_samples=len(dataset),
+                             easy_to_hard_epochs=cfg.data.easy_to_hard_epochs)
         expr_types = image_ids = None
     generator = torch.Generator().manual_seed(cfg.train.seed)
     sampler = None

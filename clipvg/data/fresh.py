@@ -9,6 +9,7 @@ Validation and test stay the world's fixed held-out splits.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Callable, Iterator
 
@@ -28,13 +29,17 @@ class FreshWorld(IterableDataset):
         seed: the world seed (streams ``fresh-e<epoch>`` of it are disjoint from its splits).
         transform: ``(image, box_xyxy, text) -> sample`` (the training transform).
         epoch_samples: samples per epoch (the fixed split's size keeps epochs comparable).
+        easy_to_hard_epochs: epochs over which scenes grow to the world's object counts
+            (:func:`scene_config_at`); 0 = the world's counts from the start.
     """
 
-    def __init__(self, synth: SynthConfig, seed: int, transform: Callable, epoch_samples: int):
+    def __init__(self, synth: SynthConfig, seed: int, transform: Callable, epoch_samples: int,
+                 easy_to_hard_epochs: int = 0):
         if epoch_samples < 1:
             raise ValueError(f"epoch_samples must be >= 1, got {epoch_samples}")
         self.synth, self.seed, self.transform = synth, seed, transform
         self.epoch_samples, self.epoch = epoch_samples, 0
+        self.easy_to_hard_epochs = easy_to_hard_epochs
 
     def set_epoch(self, epoch: int) -> None:
         """Use the images of ``epoch`` (each epoch has its own stream)."""
@@ -47,8 +52,9 @@ class FreshWorld(IterableDataset):
         info = get_worker_info()
         index, stride = (info.id, info.num_workers) if info else (0, 1)
         stream = f"fresh-e{self.epoch}"
+        synth = scene_config_at(self.synth, self.epoch, self.easy_to_hard_epochs)
         while True:
-            im = generate_image(image_rng(self.seed, stream, index), self.synth,
+            im = generate_image(image_rng(self.seed, stream, index), synth,
                                 image_id=f"syn-s{self.seed}-{stream}-{index:07d}")
             for k, e in enumerate(im.expressions):
                 yield im.image, im.objects[e.target].box, e.text, f"{im.image_id}-e{k}"
@@ -66,3 +72,15 @@ class FreshWorld(IterableDataset):
                 buffer.append(next(raw))
             image, box, text, sample_id = buffer.pop(rng.randrange(len(buffer)))
             yield self.transform(image, list(box), text), sample_id
+
+
+def scene_config_at(synth: SynthConfig, epoch: int, ramp_epochs: int) -> SynthConfig:
+    """The scene config of ``epoch`` in an easy-to-hard stream of ``ramp_epochs`` epochs.
+
+    Scenes start with at most 2 objects (one distractor: the text already decides) and grow
+    linearly to ``synth.max_objects`` by epoch ``ramp_epochs``; the world's config after it.
+    """
+    if ramp_epochs <= 0 or epoch >= ramp_epochs or synth.max_objects <= 2:
+        return synth
+    most = min(synth.max_objects, 2 + round((synth.max_objects - 2) * epoch / ramp_epochs))
+    return dataclasses.replace(synth, min_objects=min(synth.min_objects, most), max_objects=most)

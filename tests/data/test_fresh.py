@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from clipvg.config import Config, SynthConfig, from_dict
+from clipvg.config import Config, ConfigError, SynthConfig, from_dict, load_config
 from clipvg.data.batching import build_loader, ensure_dataset
-from clipvg.data.fresh import FreshWorld
+from clipvg.data.fresh import FreshWorld, scene_config_at
 from clipvg.data.synthetic import generate_image, image_rng
 from clipvg.data.synthetic_text import EXPR_TYPES
 
@@ -54,3 +55,22 @@ def test_build_loader_streams_fresh_images_for_training_only(tmp_path):
     assert all("fresh-e0" in sid for b in batches for sid in b["sample_id"])
     val = build_loader(cfg, uri, "val", train=False)
     assert {t for b in val for t in b["expr_type"]} <= set(EXPR_TYPES)
+
+
+def test_easy_to_hard_scenes_grow_from_two_objects_to_the_world_counts():
+    world = SynthConfig(image_size=64, min_objects=3, max_objects=6)
+    counts = [(c.min_objects, c.max_objects) for c in (scene_config_at(world, e, 6) for e in range(8))]
+    assert counts == [(2, 2), (3, 3), (3, 3), (3, 4), (3, 5), (3, 5), (3, 6), (3, 6)]
+    assert scene_config_at(world, 0, 0) is world  # no ramp: the world from the start
+    stream = FreshWorld(world, 0, lambda image, box, text: text, epoch_samples=40, easy_to_hard_epochs=6)
+    stream.set_epoch(0)
+    ids = {sample_id.rsplit("-e", 1)[0] for _, sample_id in stream}
+    assert ids  # epoch 0 draws two-object scenes only
+    for image_id in ids:
+        index = int(image_id.rsplit("-", 1)[1])
+        assert len(generate_image(image_rng(0, "fresh-e0", index), scene_config_at(world, 0, 6)).objects) == 2
+
+
+def test_easy_to_hard_needs_the_fresh_stream():
+    with pytest.raises(ConfigError, match="easy_to_hard_epochs"):
+        load_config(None, ["data.easy_to_hard_epochs=3"])
