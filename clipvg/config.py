@@ -176,6 +176,9 @@ class TrainConfig:
     # always stay fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16-frozen"] = "auto"
     max_failures: int = 3  # Ray Train restarts of the worker group (from the last checkpoint)
+    # Weight of an auxiliary loss on the similarity prior's map (engine.loss.similarity_map_loss;
+    # needs model.text_conditioning.similarity_prior). 0 = the official loss alone.
+    map_loss: float = 0.0
 
 
 @dataclass
@@ -415,6 +418,7 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (ScalingConfig, "data_cpus"): (lambda v: v > 0, "must be > 0"),
     (ScalingConfig, "model_resources"): (lambda v: _custom_resources(v), _CUSTOM_RESOURCES),
     (ScalingConfig, "data_resources"): (lambda v: _custom_resources(v), _CUSTOM_RESOURCES),
+    (TrainConfig, "map_loss"): (lambda v: v >= 0, "must be >= 0"),
     (TrainConfig, "max_failures"): (lambda v: v >= -1, "must be >= -1 (-1 = retry forever)"),
     (CurriculumConfig, "h0"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (CurriculumConfig, "max_concurrent_trials"): (lambda v: v >= 1, "must be >= 1"),
@@ -438,6 +442,9 @@ def _check_values(obj: Any, where: str) -> None:
                           "(Ray Train runs one pass over the pool per epoch)")
     if isinstance(obj, PoolEntry) and obj.threshold is not None and obj.scores is None:
         raise ConfigError(f"{_join(where, 'threshold')}: a threshold needs a scores table (scores: URI)")
+    if isinstance(obj, Config) and obj.train.map_loss and not obj.model.text_conditioning.similarity_prior:
+        raise ConfigError("train.map_loss: needs model.text_conditioning.similarity_prior=true "
+                          "(the loss is on the prior's map)")
     if isinstance(obj, DataConfig) and obj.easy_to_hard_epochs and not obj.fresh_train_images:
         raise ConfigError(f"{_join(where, 'easy_to_hard_epochs')}: needs data.fresh_train_images=true "
                           "(the fixed train split cannot change its scenes)")

@@ -226,7 +226,7 @@ def _train_epoch(model, optimizer, job: WorkerJob, ctx: Ctx, epoch: int, state: 
         set_lr(optimizer, lr)
         if flops is None:
             flops = _flops_per_sample(model, batch, ctx)
-        losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm)
+        losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss)
         n = len(batch["sample_id"]) * ctx.world  # global batch
         seen, loss_sum = seen + n, loss_sum + losses["loss"] * n
         state.global_step, state.samples_seen, step_in_epoch = state.global_step + 1, state.samples_seen + n, step_in_epoch + 1

@@ -77,7 +77,7 @@ def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainH
         for batch in bar:
             factor = lr_factor(step, epoch, cfg.train.epochs, steps_per_epoch, cfg.train.schedule, cfg.train.warmup_steps)
             set_lr(optimizer, cfg.train.lr * factor)
-            losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm)
+            losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss)
             n = len(batch["sample_id"])
             seen, loss_sum, step = seen + n, loss_sum + losses["loss"] * n, step + 1
             rate = seen / (time.perf_counter() - t0)

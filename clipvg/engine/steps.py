@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from clipvg.engine.control import TextShuffler, control_summary
-from clipvg.engine.loss import box_losses
+from clipvg.engine.loss import box_losses, similarity_map_loss
 from clipvg.engine.metrics import AccuracyMeter, eval_iou
 
 MODEL_INPUTS = ("image", "pixel_mask", "tokens", "token_mask")
@@ -47,14 +47,24 @@ def train_step(
     batch: dict,
     optimizer: torch.optim.Optimizer,
     clip_grad_norm: float = 0.0,
+    map_loss_weight: float = 0.0,
 ) -> dict[str, float]:
     """Forward, L1 + GIoU loss, backward, optimizer step. Returns the losses as floats.
 
-    Raises ``FloatingPointError`` on a non-finite loss (the official trainer aborts too), so a
-    diverged run stops loudly instead of writing NaN checkpoints.
+    ``map_loss_weight`` > 0 adds that times :func:`similarity_map_loss` (``loss_map``; the
+    model needs the similarity prior). Raises ``FloatingPointError`` on a non-finite loss (the
+    official trainer aborts too), so a diverged run stops loudly instead of writing NaN
+    checkpoints.
     """
     model.train()
-    losses = box_losses(forward(model, batch), batch["target"])
+    if map_loss_weight > 0:
+        out = model(*(batch[k] for k in MODEL_INPUTS), intermediates=True)
+        losses = box_losses(out["pred_boxes"], batch["target"])
+        losses["loss_map"] = similarity_map_loss(out["similarity"], out["patch_mask"],
+                                                 batch["target"], out["grid_size"])
+        losses["loss"] = losses["loss"] + map_loss_weight * losses["loss_map"]
+    else:
+        losses = box_losses(forward(model, batch), batch["target"])
     loss = losses["loss"]
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {loss.item()} (samples {batch['sample_id'][:4]}...)")

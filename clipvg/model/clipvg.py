@@ -80,7 +80,7 @@ class CLIPVG(nn.Module):
         ``(B, 1+G*G, n_taps*Wv)``, ``text_features`` ``(B, L, E)``, ``visu_src``
         ``(B, 1+G*G, D)``, ``text_src`` ``(B, L, D)``, ``patch_mask`` ``(B, G*G)``,
         ``fusion_key_padding_mask`` ``(B, 1+L+1+G*G)``, ``fusion_out`` ``(B, 1+L+1+G*G, D)``,
-        ``reg_out`` ``(B, D)`` and ``pred_boxes`` ``(B, 4)``; with the similarity prior also
+        ``reg_out`` ``(B, D)``, ``pred_boxes`` ``(B, 4)`` and ``grid_size`` ``(Gh, Gw)``; with the similarity prior also
         ``similarity`` ``(B, 1+G*G)`` (the centred cosine map, 0 for CLS and padding).
         """
         self._check_inputs(image, pixel_mask, tokens, token_mask)
@@ -105,11 +105,11 @@ class CLIPVG(nn.Module):
             **extra, "taps": taps, "visual_multilevel": multilevel, "text_features": text_features,
             "visu_src": visu_src, "text_src": text_src, "patch_mask": patch_pad,
             "fusion_key_padding_mask": kpm, "fusion_out": fusion_out,
-            "reg_out": fusion_out[:, 0], "pred_boxes": boxes,
+            "reg_out": fusion_out[:, 0], "pred_boxes": boxes, "grid_size": self.backbone.grid_size,
         }
 
-    def forward(self, image: Tensor, pixel_mask: Tensor, tokens: Tensor,
-                token_mask: Tensor) -> Tensor:
+    def forward(self, image: Tensor, pixel_mask: Tensor, tokens: Tensor, token_mask: Tensor,
+                intermediates: bool = False) -> Tensor | dict:
         """Predict one box per (image, expression) pair.
 
         Args:
@@ -118,9 +118,12 @@ class CLIPVG(nn.Module):
             tokens: ``(B, L)`` int64 CLIP BPE ids (SOT ... EOT, zero-padded), L = context length.
             token_mask: ``(B, L)`` int/bool, 1 = real token (SOT and EOT included).
         Returns:
-            ``(B, 4)`` boxes ``(cx, cy, w, h)`` in ``(0, 1)`` of the padded canvas.
+            ``(B, 4)`` boxes ``(cx, cy, w, h)`` in ``(0, 1)`` of the padded canvas; with
+            ``intermediates`` the dict of :meth:`forward_intermediates` (through ``forward`` so
+            that DDP sees the call, e.g. for an auxiliary loss on the similarity map).
         """
-        return self.forward_intermediates(image, pixel_mask, tokens, token_mask)["pred_boxes"]
+        out = self.forward_intermediates(image, pixel_mask, tokens, token_mask)
+        return out if intermediates else out["pred_boxes"]
 
     def _check_inputs(self, image: Tensor, pixel_mask: Tensor, tokens: Tensor,
                       token_mask: Tensor) -> None:

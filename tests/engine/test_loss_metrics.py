@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clipvg.engine.loss import box_losses
+from clipvg.engine.loss import MAP_LOSS_TEMPERATURE, box_losses, patch_targets, similarity_map_loss
 from clipvg.engine.metrics import AccuracyMeter, correct_at, eval_iou
 from clipvg.ops.boxes import cxcywh_to_xyxy, generalized_box_iou
 
@@ -63,3 +63,26 @@ def test_accuracy_meter_counts_groups_and_merges():
     meter.merge(other.state())
     assert meter.total == 4 and meter.accuracy == 0.5
     assert meter.group_accuracy()["relational"] == 0.0
+
+
+def test_patch_targets_take_patch_centres_inside_the_box_or_the_centre_patch():
+    # 4 x 4 grid: patch centres at 0.125, 0.375, 0.625, 0.875
+    target = torch.tensor([[0.5, 0.25, 0.5, 0.5],      # x 0.25-0.75, y 0-0.5: cols 1-2, rows 0-1
+                           [0.70, 0.80, 0.05, 0.05]])  # covers no centre: the patch under it
+    got = patch_targets(target, (4, 4)).view(2, 4, 4)
+    want0 = torch.zeros(4, 4, dtype=torch.bool)
+    want0[0:2, 1:3] = True
+    want1 = torch.zeros(4, 4, dtype=torch.bool)
+    want1[3, 2] = True
+    assert torch.equal(got[0], want0) and torch.equal(got[1], want1)
+
+
+def test_similarity_map_loss_is_cross_entropy_towards_the_target_patches():
+    target = torch.tensor([[0.125, 0.125, 0.1, 0.1]])  # patch 0 of a 2 x 2 grid
+    pad = torch.tensor([[False, False, False, True]])
+    sim = torch.tensor([[0.0, 0.3, -0.1, -0.2, 5.0]])  # CLS first; the padded patch is ignored
+    logits = torch.tensor([0.3, -0.1, -0.2]) * MAP_LOSS_TEMPERATURE
+    want = -torch.log_softmax(logits, 0)[0]
+    assert similarity_map_loss(sim, pad, target, (2, 2)).item() == pytest.approx(want.item(), rel=1e-5)
+    better = torch.tensor([[0.0, 0.6, -0.1, -0.2, 5.0]])
+    assert similarity_map_loss(better, pad, target, (2, 2)) < similarity_map_loss(sim, pad, target, (2, 2))

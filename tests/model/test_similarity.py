@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipvg.config import TextConditioningConfig
-from clipvg.engine.steps import build_optimizer, set_lr
+from clipvg.config import ConfigError, TextConditioningConfig, load_config
+from clipvg.engine.steps import build_optimizer, set_lr, train_step
 from clipvg.model.clipvg import build_model
 from clipvg.model.similarity import centred_patch_similarity, eot_embeddings
 
@@ -119,3 +119,23 @@ def test_tuned_tower_blocks_train_at_their_own_learning_rate(make_config):
     assert by_scale[0.1]["lr"] == pytest.approx(2e-4) and by_scale[1.0]["lr"] == pytest.approx(2e-3)
     tuned = {id(p) for p in by_scale[0.1]["params"]}
     assert tuned == {id(params[n]) for n in model.lr_scales}
+
+
+def test_map_loss_trains_the_tuned_towers_to_single_out_the_target(make_config, make_inputs):
+    torch.manual_seed(0)
+    model = build_model(_with(make_config(), similarity_prior=True, tune_tower_blocks=1,
+                              tower_lr_scale=1.0))
+    image, pixel_mask, tokens, token_mask = make_inputs(batch=3)
+    batch = {"image": image, "pixel_mask": pixel_mask, "tokens": tokens, "token_mask": token_mask,
+             "target": torch.tensor([[0.6, 0.6, 0.3, 0.3]] * 3), "sample_id": ["a", "b", "c"]}
+    optimizer = build_optimizer(model, lr=3e-3, weight_decay=0.0)
+    first = train_step(model, batch, optimizer, map_loss_weight=1.0)
+    for _ in range(15):
+        last = train_step(model, batch, optimizer, map_loss_weight=1.0)
+    assert set(first) == {"loss", "loss_bbox", "loss_giou", "loss_map"}
+    assert last["loss_map"] < 0.7 * first["loss_map"]
+
+
+def test_map_loss_needs_the_prior():
+    with pytest.raises(ConfigError, match="map_loss"):
+        load_config(None, ["train.map_loss=0.5"])
