@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-local": ("clipvg.engine.local", "train CLIP-VG in this process (no Ray)"),
     "score": ("clipvg.distributed.score_cli", "score pseudo-labels' reliability with a measurer (Ray Data actor pool)"),
     "predict": ("clipvg.predict", "predict the box of an expression in an image"),
+    "compare": ("clipvg.compare", "runs side by side: accuracy table and learning curves per expression type"),
     "convert-official": ("clipvg.model.convert_cli", "convert an official CLIP-VG checkpoint"),
     "pretrain-towers": ("clipvg.pretrain.cli", "pre-train tiny CLIP towers on synthetic scenes"),
     "benchmark": ("clipvg.distributed.benchmark_cli", "measure throughput (data streaming, training); JSON + Markdown"),

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from clipvg.config import Config, load_config, save_config
 from clipvg.data.batching import build_loader, ensure_dataset
+from clipvg.data.synthetic_baseline import random_object_baseline
 from clipvg.engine.control import fmt_acc, shuffled_text_table
 from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, set_lr, train_step
 from clipvg.model import build_model, count_parameters, export_model
@@ -41,6 +42,8 @@ class TrainHistory:
     # split -> {"acc", "per_type"} of the best model shown texts of other images (the control
     # of clipvg.engine.control; also inside each test summary, as "shuffled_text")
     test_shuffled_text: dict = field(default_factory=dict)
+    # synthetic world only: split -> {"acc", "per_type", "total"} of a random object's box
+    random_object_baseline: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -85,8 +88,10 @@ def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainH
             if step % cfg.train.log_every == 0:
                 _write(metrics_file, {"step": step, "epoch": epoch, "lr": cfg.train.lr * factor,
                                       "samples_per_s": rate, **losses})
+        train_seconds = time.perf_counter() - t0
         result = evaluate(model, val_loader)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
+                  "train_seconds": train_seconds,
                   "train_samples_per_s": seen / (time.perf_counter() - t0),
                   "val": result.summary(), "elapsed_s": time.perf_counter() - t0}
         history.epochs.append(record)
@@ -101,6 +106,12 @@ def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainH
     metrics_file.close()
     history.test = _evaluate_best(cfg, data_uri, run_dir, storage_options)
     history.test_shuffled_text = shuffled_text_table(history.test)
+    if cfg.data.uri is None:  # the synthetic world: what a text-blind pick would score
+        s = cfg.data.synth
+        counts = {"val": s.val_images, "test": s.test_images}
+        history.random_object_baseline = {
+            split: random_object_baseline(s, cfg.data.seed, split, counts[split])
+            for split in cfg.data.test_splits if split in counts}
     (run_dir / "history.json").write_text(json.dumps(history.__dict__, indent=2))
     return history
 
