@@ -37,12 +37,22 @@ def test_weights_file_is_small_complete_and_named_by_the_demo():
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
-def test_demo_model_loads_the_towers_with_official_freezing(monkeypatch):
+def test_demo_model_loads_the_towers_frozen_but_for_the_tuned_last_blocks(monkeypatch):
     monkeypatch.chdir(ROOT)  # the demo config names the weights relative to the repository root
     model_cfg = _demo_model_config()
     model = build_model(model_cfg)
-    trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
-    assert trainable == ["visual.positional_embedding"]
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    n = model_cfg.text_conditioning.tune_tower_blocks
+    visual_blocks = len(model.backbone.visual.transformer.resblocks)
+    tuned = tuple(f"visual.transformer.resblocks.{i}." for i in range(visual_blocks - n, visual_blocks))
+    tuned += tuple(f"transformer.resblocks.{i}." for i in range(2 - n, 2))  # 2 text blocks
+    want = {name for name, _ in model.backbone.named_parameters()
+            if name.startswith(tuned + ("ln_final.",)) or name in ("text_projection",
+                                                                   "visual.positional_embedding")}
+    assert trainable == want
+    assert not any(name.startswith(("visual.ln_post", "visual.proj")) for name in trainable)
+    state = load_file(str(TOWERS / "open_clip_model.safetensors"))  # the prior's map: the towers' own
+    torch.testing.assert_close(model.backbone.visual.proj.detach(), state["visual.proj"])
 
 
 def test_model_card_states_command_seed_and_curve():

@@ -1,5 +1,5 @@
 """configs/demo.yaml's generator options against its world: Pseudo-Q's 1/64 small-box floor
-drops every small object of the demo world (side 9-12 % of the image), so the demo lowers it;
+drops (nearly) every small object of the demo world (side 9-12 % of the image), so the demo lowers it;
 with the demo's options the template and caption sources label small objects too."""
 
 from pathlib import Path
@@ -46,8 +46,14 @@ def test_the_demo_options_let_a_source_label_the_small_objects(demo, source):
     print(f"{source}: small objects labelled {hit_default}/{small} (Pseudo-Q floor), "
           f"{hit_demo}/{small} (demo options)")
     assert small > 0.2 * N
-    assert hit_default == 0  # the floor hides them all: why the demo lowers it
-    assert hit_demo > 0.5 * small
+    # the floor hides them (all in a one-object world; in the demo's 3-6-object world a few
+    # small objects still get a right box from a detection drawn larger than the object, e.g.
+    # 5 of 238 for the template source on seed 0): why the demo lowers it
+    assert hit_default <= 0.05 * small
+    # measured on seed 0 (238 small objects in 150 images): template 136, caption 51 (a caption
+    # names only some of a 3-6-object scene's objects, so fewer of them get a label at all)
+    assert hit_demo > {"template": 0.5, "caption": 0.15}[source] * small
+    assert hit_demo >= 10 * max(hit_default, 1)
 
 
 def test_the_demo_floor_drops_no_detection_of_its_world(demo):
