@@ -230,6 +230,7 @@ class CurriculumConfig:
     # model gets the same number of updates whatever its pool's size; see docs/curriculum.md)
     samples_per_epoch: int | None = None
     final_epochs: int | None = None  # epochs of the final / baseline models; None = train.epochs
+    measurer_epochs: int | None = None  # epochs of the reliability measurers; None = final_epochs
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
 

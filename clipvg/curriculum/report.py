@@ -175,8 +175,9 @@ def _markdown(pipeline, acc: dict, report: dict, figs: dict) -> str:
               f"* MSA: h0 = {c.h0:g} for measurer selection, the same threshold grid per source; source order: "
               f"{c.source_order} -> {' > '.join(o['msa']['order'])}; thresholds "
               + ", ".join(f"{s} {h:g}" for s, h in o["msa"]["thresholds"].items()) + ".",
-              f"* Training per search trial: {pipeline.trial_epochs} epochs; final and baseline models: "
-              f"{pipeline.final_epochs} epochs; early stopping: {c.early_stopping}.", ""]
+              f"* Training per search trial: {pipeline.trial_epochs} epochs; reliability measurers: "
+              f"{pipeline.measurer_epochs}; final and baseline models: {pipeline.final_epochs}; "
+              f"early stopping: {c.early_stopping}.", ""]
     if o["msa"]["order_accs"]:
         lines += ["| source order | final val Acc@0.5 |", "|---|---|"]
         lines += [f"| {k} | {_pct(v)} |" for k, v in o["msa"]["order_accs"].items()] + [""]

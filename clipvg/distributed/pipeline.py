@@ -86,6 +86,7 @@ class Pipeline:
         c = self.cfg.curriculum
         self.trial_epochs = c.trial_epochs or self.cfg.train.epochs
         self.final_epochs = c.final_epochs or self.cfg.train.epochs
+        self.measurer_epochs = c.measurer_epochs or self.final_epochs
         if until is not None and until not in self.stage_names():
             raise ValueError(f"--until {until!r} is not a stage of this pipeline; its stages: "
                              f"{', '.join(self.stage_names())}")
@@ -162,7 +163,7 @@ class Pipeline:
             self.stage(f"pseudo:{s}", {"source": s, "options": c.generators.get(s, {}), "seed": self.cfg.data.seed},
                        ["world"], functools.partial(self._pseudo, s))
         pseudo = [f"pseudo:{s}" for s in self.sources]
-        self.stage("measurers", self._training_part(self.final_epochs), pseudo, self._measurers)
+        self.stage("measurers", self._training_part(self.measurer_epochs), pseudo, self._measurers)
         for m in self.sources:
             self.stage(f"scores:{m}", {"measurer": m, "bins": c.histogram_bins}, ["measurers", *pseudo],
                        functools.partial(self._scores, m))
@@ -202,7 +203,7 @@ class Pipeline:
     def _measurers(self) -> dict:
         cands = [schedulers.Candidate(f"measurer {s}", [PoolEntry(samples=self.samples_uri(s))], {"source": s})
                  for s in self.sources]
-        outcomes = self.evaluator(self.final_epochs)(cands)
+        outcomes = self.evaluator(self.measurer_epochs)(cands)
         return {s: {"run_dir": o.run_dir, "val_acc": o.val_acc, "test": o.test}
                 for s, o in zip(self.sources, outcomes)}
 
