@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 
-from clipvg.config import SynthConfig
+from clipvg.config import DataConfig, SynthConfig
 from clipvg.data.synthetic import generate_image, image_rng
 from clipvg.ops.boxes import box_iou
 
@@ -36,3 +36,13 @@ def random_object_baseline(cfg: SynthConfig, seed: int, split: str, images: int)
     every = [v for values in by_type.values() for v in values]
     return {"acc": sum(every) / max(len(every), 1), "total": len(every),
             "per_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())}}
+
+
+def world_baselines(data: DataConfig) -> dict:
+    """``history.json``'s ``random_object_baseline``: split -> :func:`random_object_baseline`
+    for the held-out splits of the synthetic world (``data.uri`` null); {} for other data."""
+    if data.uri is not None:
+        return {}
+    counts = {"val": data.synth.val_images, "test": data.synth.test_images}
+    return {split: random_object_baseline(data.synth, data.seed, split, counts[split])
+            for split in data.test_splits if split in counts}

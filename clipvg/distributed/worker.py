@@ -28,6 +28,7 @@ import torch.distributed as dist
 from clipvg.config import Config
 from clipvg.data import storage
 from clipvg.data.fanout import FanOutSpec
+from clipvg.data.synthetic_baseline import world_baselines
 from clipvg.distributed.shards import rank_images
 from clipvg.distributed.streaming import StreamPlan, StreamReport, build_dataset, iter_model_batches
 from clipvg.engine.checkpoint import TrainState, load_training_state, save_training_state
@@ -89,18 +90,20 @@ def train_loop_per_worker(config: dict) -> None:
         _report_epoch(cfg, job, raw_model, optimizer, state, record, improved, ctx, run_log)
     test = _test_best(cfg, job, raw_model, ctx)
     if ctx.is_chief:
-        history = run_history(cfg.run_dir, state, test, ctx.world)
+        history = run_history(cfg.run_dir, state, test, ctx.world, world_baselines(cfg.data))
         storage.write_json(history, storage.join(cfg.run_dir, "history.json"), **job.storage_options)
         run_log.close()
 
 
-def run_history(run_dir: str, state: TrainState, test: dict, world: int) -> dict:
+def run_history(run_dir: str, state: TrainState, test: dict, world: int,
+                baseline: dict | None = None) -> dict:
     """``history.json`` of a finished run, in the shape train-local writes (the curriculum
-    reads both): epochs, best validation, the best model's test summaries (split -> summary)
-    and their shuffled-text control on its own (split -> {acc, per_type})."""
+    reads both): epochs, best validation, the best model's test summaries (split -> summary),
+    their shuffled-text control on its own (split -> {acc, per_type}) and, on the synthetic
+    world, the random-object baseline (split -> {acc, per_type, total})."""
     return {"run_dir": run_dir, "epochs": state.history, "best_acc": state.best_acc,
             "best_epoch": state.best_epoch, "test": test, "test_shuffled_text": shuffled_text_table(test),
-            "world_size": world}
+            "random_object_baseline": baseline or {}, "world_size": world}
 
 
 def _context() -> Ctx:

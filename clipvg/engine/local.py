@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from clipvg.config import Config, load_config, save_config
 from clipvg.data.batching import build_loader, ensure_dataset
-from clipvg.data.synthetic_baseline import random_object_baseline
+from clipvg.data.synthetic_baseline import world_baselines
 from clipvg.engine.control import fmt_acc, shuffled_text_table
 from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, set_lr, train_step
 from clipvg.model import build_model, count_parameters, export_model
@@ -106,12 +106,7 @@ def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainH
     metrics_file.close()
     history.test = _evaluate_best(cfg, data_uri, run_dir, storage_options)
     history.test_shuffled_text = shuffled_text_table(history.test)
-    if cfg.data.uri is None:  # the synthetic world: what a text-blind pick would score
-        s = cfg.data.synth
-        counts = {"val": s.val_images, "test": s.test_images}
-        history.random_object_baseline = {
-            split: random_object_baseline(s, cfg.data.seed, split, counts[split])
-            for split in cfg.data.test_splits if split in counts}
+    history.random_object_baseline = world_baselines(cfg.data)  # what a text-blind pick scores
     (run_dir / "history.json").write_text(json.dumps(history.__dict__, indent=2))
     return history
 
