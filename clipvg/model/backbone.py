@@ -9,8 +9,8 @@ open_clip builds the towers (``open_clip.CLIP`` from a model config, never a han
 * text: token + positional embedding -> blocks with the causal mask only (no padding mask inside
   CLIP) -> ``ln_final`` on every token -> every token ``@ text_projection`` -> ``(B, L, E)``.
 
-Dead parameters are removed from the module (visual ``ln_post`` and ``proj``, ``logit_scale``,
-vision blocks after the last tap) so that every trainable tensor gets a gradient, which DDP
+Dead parameters are removed from the module (visual ``ln_post`` and ``proj`` unless the opt-in
+similarity prior keeps them frozen, ``logit_scale``, vision blocks after the last tap) so that every trainable tensor gets a gradient, which DDP
 without ``find_unused_parameters`` requires. Parameter names are those of an open_clip/OpenAI
 CLIP state_dict, so a CLIP weights file loads directly (minus the removed keys).
 """
