@@ -44,6 +44,8 @@ class Outcome:
     run_dir: str = ""
     stopped: bool = False
     empty: bool = False  # the pool selects no sample: nothing to train
+    # split -> Acc@0.5 of the same checkpoint shown texts of other images (engine/control.py)
+    test_shuffled_text: dict = field(default_factory=dict)
 
     @property
     def score(self) -> float:

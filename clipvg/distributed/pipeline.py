@@ -297,6 +297,7 @@ def _pool(raw: list[dict]) -> list[PoolEntry]:
 
 def _outcome(o: schedulers.Outcome) -> dict:
     return {"label": o.candidate.label, "params": o.candidate.params, "val_acc": o.val_acc, "test": o.test,
+            "test_shuffled_text": o.test_shuffled_text,
             "run_dir": o.run_dir, "stopped": o.stopped, "empty": o.empty, "pool": [dataclasses.asdict(e) for e in o.candidate.pool]}
 
 

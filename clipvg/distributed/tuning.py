@@ -88,8 +88,9 @@ def outcome(candidate: Candidate, history: dict | None, last: dict | None = None
     if history is None:  # stopped by the scheduler: its last reported accuracy
         acc = (last or {}).get("best_acc", (last or {}).get(METRIC))
         return Outcome(candidate, acc, stopped=True)
+    shuffled = history.get("test_shuffled_text") or {}  # absent in runs older than the control
     return Outcome(candidate, history["best_acc"], {s: v["acc"] for s, v in history["test"].items()},
-                   history["run_dir"])
+                   history["run_dir"], test_shuffled_text={s: v["acc"] for s, v in shuffled.items()})
 
 
 def _pool_trial(config: dict, *, base: Config, candidates: list, trials_root: str, epochs: int,

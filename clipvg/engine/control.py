@@ -2,7 +2,7 @@
 
 Every evaluation also measures Acc@0.5 with each sample's text (``tokens`` + ``token_mask``)
 replaced by the text of a sample of *another image*, keeping the sample's image and target
-box. A model that reads the text falls to about the random-object baseline; a text-blind model
+box. A model that reads the text falls to or below the random-object baseline; a text-blind model
 (one that learnt "the salient object") scores what it scores with the real texts.
 
 It works in one pass over any iterable of batches (a Ray Data iterator cannot be iterated

@@ -66,3 +66,15 @@ def test_every_order_is_one_trial_with_its_own_accuracy(ray_local, tmp_path):
 def test_a_failed_order_fails_the_search_by_name(ray_local, tmp_path):
     with pytest.raises(RuntimeError, match=r"order \['caption', .*\] failed"):
         search(tmp_path, failing_msa, [("template", "caption"), ("caption", "template")])
+
+
+def test_an_outcome_carries_the_shuffled_text_control_of_its_history():
+    from clipvg.distributed.tuning import outcome
+
+    control = {"acc": 0.2, "per_type": {}}
+    history = {"best_acc": 0.7, "run_dir": "runs/t", "test": {"test": {"acc": 0.6, "shuffled_text": control}},
+               "test_shuffled_text": {"test": control}}
+    got = outcome(Candidate("c", []), history)
+    assert (got.val_acc, got.test, got.test_shuffled_text) == (0.7, {"test": 0.6}, {"test": 0.2})
+    del history["test_shuffled_text"]  # a run older than the control
+    assert outcome(Candidate("c", []), history).test_shuffled_text == {}
