@@ -14,8 +14,9 @@ from torch import Tensor
 
 from clipvg.ops.boxes import cxcywh_to_xyxy, elementwise_generalized_box_iou
 
-# Logit scale of the similarity-map loss: centred dense cosines spread over about +-0.3, and a
-# softmax over ~50-200 patches needs logits a few units apart to single out an object.
+# Logit scale of the similarity-map loss: cosines lie in [-1, 1], too flat as logits for a
+# softmax over ~50-200 patches to single out one object. 20 is the only value tried (the
+# ablation in docs/pretraining.md); not tuned.
 MAP_LOSS_TEMPERATURE = 20.0
 
 
