@@ -19,8 +19,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from clipvg.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config key is unknown, has the wrong type, or holds an invalid value."""
 
 
