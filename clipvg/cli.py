@@ -4,13 +4,21 @@ Each subcommand lives next to the code it drives and exposes two functions:
 ``add_arguments(parser)`` and ``run(args) -> int``. They are imported lazily, so
 ``clipvg --help`` stays fast and a subcommand's heavy imports (torch, open_clip) are paid only
 when it runs.
+
+Errors: bad input ends with one line on stderr, ``clipvg <command>: <what is wrong>``, and exit
+status 2 (Ctrl-C: 130); ``clipvg --debug <command> ...`` or ``CLIPVG_DEBUG=1`` shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from clipvg import __version__
+from clipvg.errors import InterruptedRun, UserError
 
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,6 +41,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipvg", description="CLIP-VG visual grounding: data, training, prediction.")
+    parser.add_argument("--version", action="version", version=f"clipvg {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: CLIPVG_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
@@ -41,24 +52,106 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug_from_env() -> bool:
+    return os.environ.get("CLIPVG_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _chain(err: BaseException):
+    """``err``, then what caused it (``raise ... from``, an exception during handling, a Ray
+    task's ``cause``), each once."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError
+        todo += [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
+
+
+def _endpoint(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
+
+
+def connection_error_line(err: BaseException) -> str | None:
+    """One line naming the storage endpoint when ``err`` comes from an object store that could
+    not be reached (botocore / aiohttp connection errors, anywhere in the exception chain);
+    None for anything else. Only modules already imported are looked at."""
+    botocore = sys.modules.get("botocore.exceptions")
+    aiohttp = sys.modules.get("aiohttp")
+    for e in _chain(err):
+        if botocore is not None and isinstance(e, botocore.ConnectionError):
+            url = getattr(e, "kwargs", {}).get("endpoint_url")
+            where = f"the storage endpoint {_endpoint(url)}" if url else "the storage endpoint"
+            return (f"cannot reach {where} ({type(e).__name__}: {_one_line(e)}); check "
+                    "storage.endpoint_url / --endpoint-url and that the server is up")
+        if aiohttp is not None and isinstance(e, aiohttp.ClientConnectorError):
+            return (f"cannot reach the storage endpoint {e.host}:{e.port} ({_one_line(e)}); "
+                    "check storage.endpoint_url / --endpoint-url and that the server is up")
+    return None
+
+
+def _user_error(err: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``err`` (itself, or one a Ray task raised), or None."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, UserError):  # a RayTaskError posing as its cause's class
+        return cause
+    return err if isinstance(err, UserError) else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``clipvg`` command; returns its exit status.
+
+    Bad input (:class:`~clipvg.errors.UserError`), an unreachable storage endpoint and Ctrl-C end
+    with one line on stderr (exit 2, or 130 for an interruption); ``--debug`` or
+    ``CLIPVG_DEBUG=1`` re-raises them with the full traceback. Any other exception is a bug and
+    keeps its traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_from_env()
+    while argv and argv[0] == "--debug":
+        debug = True
+        argv.pop(0)
     parser = build_parser()
     # Parse the command name first, then let its module declare its own arguments.
-    if argv and argv[0] in COMMANDS:
-        module = importlib.import_module(COMMANDS[argv[0]][0])
-        sp = argparse.ArgumentParser(prog=f"clipvg {argv[0]}", description=COMMANDS[argv[0]][1])
-        module.add_arguments(sp)
-        args = sp.parse_args(argv[1:])
-        from clipvg.config import ConfigError
+    if not (argv and argv[0] in COMMANDS):
+        parser.parse_args(argv)  # --version, help, usage errors: argparse exits
+        return 2
+    command = argv[0]
+    module = importlib.import_module(COMMANDS[command][0])
+    sp = argparse.ArgumentParser(prog=f"clipvg {command}", description=COMMANDS[command][1])
+    module.add_arguments(sp)
+    args = sp.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"clipvg {command}: interrupted", file=sys.stderr)
+        return InterruptedRun.exit_code
+    except Exception as err:
+        user = _user_error(err)
+        line = None if user is not None else connection_error_line(err)
+        if debug or (user is None and line is None):
+            raise
+        if user is not None:
+            from clipvg.config import ConfigError
 
-        try:
-            return int(module.run(args) or 0)
-        except ConfigError as err:  # bad config / override: one line, no traceback
-            print(f"clipvg {argv[0]}: config error: {err}", file=sys.stderr)
-            return 2
-    parser.parse_args(argv)  # prints help / usage errors
-    return 2
+            kind = "config error: " if isinstance(user, ConfigError) else ""
+            line, code = f"{kind}{_one_line(user) or type(user).__name__}", user.exit_code
+        else:
+            code = UserError.exit_code
+        print(f"clipvg {command}: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -284,24 +285,90 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIGS_DIR = PACKAGE_DIR / "configs"  # the run configs shipped in the package (configs/ links here)
+
+
+def packaged_configs() -> list[str]:
+    """Names of the run configs shipped with clipvg (``--config demo``)."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """The file ``--config`` names: a bare name (no folder, no ``.yaml`` / ``.yml``: ``demo``) is a
+    config shipped in the package; anything else is a path, as given."""
+    text = str(path)
+    bare = isinstance(path, str) and "/" not in text and os.sep not in text and \
+        Path(text).suffix not in (".yaml", ".yml")
+    if bare:
+        found = CONFIGS_DIR / f"{text}.yaml"
+        if not found.is_file():
+            raise ConfigError(f"no packaged config named {text!r} (packaged: "
+                              f"{', '.join(packaged_configs()) or 'none'}); give a path to a "
+                              "YAML file to use your own")
+        return found
+    path = Path(path).expanduser()
+    if not path.is_file():
+        hint = f"; packaged configs: {', '.join(packaged_configs())} (e.g. --config demo)" \
+            if packaged_configs() else ""
+        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}{hint}")
+    return path
+
+
+def _yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with a syntax error as a one-line ConfigError naming line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        detail = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and start is not None and (mark is None or start.line != mark.line):
+            detail += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
+        elif context:
+            detail += f" ({context})"
+        raise ConfigError(f"{where}: invalid YAML{at}: {detail}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from the defaults) and apply dotted ``key=value`` overrides.
 
-    Values of overrides are parsed as YAML scalars/lists (``train.epochs=3``,
-    ``model.taps=[0,3,7,11]``, ``data.uri=null``).
+    ``path``: a YAML file, or the bare name of a config shipped with clipvg (``"demo"``, see
+    :func:`resolve_config_path`). Values of overrides are parsed as YAML scalars/lists
+    (``train.epochs=3``, ``model.taps=[0,3,7,11]``, ``data.uri=null``). A relative
+    ``model.weights`` that does not exist from the working directory but does inside the
+    installed package (``clipvg/assets/...``) is made absolute, so the packaged configs run
+    outside a checkout. Every problem is a :class:`ConfigError` naming the file or the key.
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
+        path = resolve_config_path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        raw = _yaml(text, str(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
-    return from_dict(Config, raw)
+        _set_dotted(raw, key.strip(), _yaml(value, f"override {item!r}") if value.strip() else None)
+    return _packaged_weights(from_dict(Config, raw))
+
+
+def _packaged_weights(cfg: Config) -> Config:
+    """``model.weights`` relative to the package's parent when it is not found from here."""
+    weights = cfg.model.weights
+    if not weights or "://" in weights or Path(weights).is_absolute() or Path(weights).exists():
+        return cfg
+    inside = PACKAGE_DIR.parent / weights
+    if Path(weights).parts[:1] == (PACKAGE_DIR.name,) and inside.is_file():
+        cfg.model.weights = str(inside)
+    return cfg
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -435,6 +502,44 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
 }
 
 
+def vision_depth(arch: Any) -> int | None:
+    """Blocks of the visual tower of ``model.arch`` (an inline open_clip config, or a name whose
+    open_clip JSON is read without importing open_clip); None when it cannot be told here."""
+    if isinstance(arch, str):
+        import importlib.util
+
+        spec = importlib.util.find_spec("open_clip")
+        folders = list(spec.submodule_search_locations or []) if spec else []
+        for folder in folders:
+            f = Path(folder) / "model_configs" / f"{arch}.json"
+            if f.is_file():
+                try:
+                    arch = json.loads(f.read_text())
+                except (OSError, ValueError):
+                    return None
+                break
+        else:
+            return None
+    vision = arch.get("vision_cfg", {}) if isinstance(arch, dict) else None
+    if not isinstance(vision, dict):
+        return None
+    layers = vision.get("layers", 12)  # open_clip's CLIPVisionCfg default
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) else None
+
+
+def _check_taps(model: ModelConfig, where: str) -> None:
+    """Taps are distinct block indices of the visual tower: checked here, before any work."""
+    taps, key = model.taps, _join(where, "taps")
+    if taps is None:
+        return
+    if not taps or len(set(taps)) != len(taps) or min(taps) < 0:
+        raise ConfigError(f"{key}: {taps!r} must be distinct, non-negative visual block indices")
+    depth = vision_depth(model.arch)
+    if depth is not None and max(taps) >= depth:
+        raise ConfigError(f"{key}: {taps!r} taps block {max(taps)}, but the visual tower of "
+                          f"{_join(where, 'arch')} has {depth} blocks (indices 0..{depth - 1})")
+
+
 def _check_values(obj: Any, where: str) -> None:
     for f in dataclasses.fields(obj):
         rule = _RULES.get((type(obj), f.name))
@@ -451,6 +556,8 @@ def _check_values(obj: Any, where: str) -> None:
     if isinstance(obj, DataConfig) and obj.easy_to_hard_epochs and not obj.fresh_train_images:
         raise ConfigError(f"{_join(where, 'easy_to_hard_epochs')}: needs data.fresh_train_images=true "
                           "(the fixed train split cannot change its scenes)")
+    if isinstance(obj, ModelConfig):
+        _check_taps(obj, where)
     if isinstance(obj, SynthConfig) and obj.max_objects < obj.min_objects:
         raise ConfigError(f"{_join(where, 'max_objects')}: {obj.max_objects} < min_objects {obj.min_objects}")
 

@@ -1,0 +1,165 @@
+"""The ``clipvg`` command's contract with a user: one line per bad input (exit 2, the file or key
+named), Ctrl-C as one line (exit 130), ``--debug`` / ``CLIPVG_DEBUG=1`` for the traceback, real
+bugs keep theirs; ``--version``; config files by path or by packaged name, checked before any
+work."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+import clipvg
+from clipvg import cli
+from clipvg.config import CONFIGS_DIR, ConfigError, load_config
+from clipvg.errors import InterruptedRun, UserError
+
+
+@pytest.fixture
+def command(monkeypatch):
+    """Register a fake command ``boom`` whose run() raises what the test sets."""
+    module = types.ModuleType("clipvg_test_boom")
+    module.add_arguments = lambda parser: None
+    module.error = None
+
+    def run(args):
+        raise module.error
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli.COMMANDS, "boom", (module.__name__, "test command"))
+    monkeypatch.delenv("CLIPVG_DEBUG", raising=False)
+    return module
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_user_error_is_one_line_with_its_exit_code(command, capsys):
+    command.error = UserError("data.uri /nowhere: no dataset\n(manifest.json missing)")
+    assert cli.main(["boom"]) == 2
+    assert one_line(capsys.readouterr().err) == "clipvg boom: data.uri /nowhere: no dataset (manifest.json missing)"
+    command.error = ConfigError("train.lr: -1 must be > 0")
+    assert cli.main(["boom"]) == 2
+    assert one_line(capsys.readouterr().err) == "clipvg boom: config error: train.lr: -1 must be > 0"
+
+
+def test_ctrl_c_is_one_line_exit_130(command, capsys):
+    command.error = KeyboardInterrupt()
+    assert cli.main(["boom"]) == 130
+    assert one_line(capsys.readouterr().err) == "clipvg boom: interrupted"
+    command.error = InterruptedRun("interrupted at epoch 3 step 40: last/ holds epoch 2; rerun with train.resume=true")
+    assert cli.main(["boom"]) == 130
+    assert "last/ holds epoch 2" in one_line(capsys.readouterr().err)
+
+
+def test_debug_flag_and_environment_show_the_traceback(command, monkeypatch):
+    command.error = UserError("bad input")
+    with pytest.raises(UserError, match="bad input"):
+        cli.main(["--debug", "boom"])
+    monkeypatch.setenv("CLIPVG_DEBUG", "1")
+    with pytest.raises(UserError):
+        cli.main(["boom"])
+    command.error = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["boom"])
+    monkeypatch.setenv("CLIPVG_DEBUG", "0")
+    command.error = UserError("bad input")
+    assert cli.main(["boom"]) == 2
+
+
+def test_a_bug_keeps_its_traceback(command):
+    command.error = ZeroDivisionError("a bug, not bad input")
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["boom"])
+
+
+def test_user_error_raised_in_a_ray_task_is_one_line(command, capsys):
+    class RayTaskErrorLike(Exception):  # what ray.exceptions.RayTaskError carries: .cause
+        def __init__(self, cause):
+            super().__init__("ray::task() (pid=1)\nTraceback (most recent call last): ...")
+            self.cause = cause
+
+    command.error = RayTaskErrorLike(ConfigError("model.taps: [0, 99] ..."))
+    assert cli.main(["boom"]) == 2
+    assert one_line(capsys.readouterr().err) == "clipvg boom: config error: model.taps: [0, 99] ..."
+
+
+def test_unreachable_storage_endpoint_is_one_line_naming_it(command, capsys):
+    from botocore.exceptions import EndpointConnectionError
+
+    try:  # as s3fs raises it: an OSError from the botocore error
+        try:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket/ds/manifest.json")
+        except EndpointConnectionError as e:
+            raise OSError("[Errno 5] ...") from e
+    except OSError as e:
+        command.error = e
+    assert cli.main(["boom"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("clipvg boom: cannot reach the storage endpoint http://127.0.0.1:9 ")
+
+
+def test_unreachable_s3_endpoint_end_to_end(monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.delenv("CLIPVG_DEBUG", raising=False)
+    assert cli.main(["validate", "s3://bucket/ds", "--endpoint-url", "http://127.0.0.1:9"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("clipvg validate: ") and "127.0.0.1:9" in line
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"clipvg {clipvg.__version__}"
+
+
+# ------------------------------------------------------------------------------ config files
+def test_missing_config_file_names_it(capsys, tmp_path):
+    assert cli.main(["train-local", "--config", str(tmp_path / "nope.yaml")]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "nope.yaml does not exist" in line and "--config demo" in line
+
+
+def test_yaml_syntax_error_names_file_and_line(capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: [1, 2\nmodel:\n  taps: [0]\n")
+    assert cli.main(["train-local", "--config", str(path)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"{path}: invalid YAML at line 4" in line and "started at line 3" in line
+    with pytest.raises(ConfigError, match=r"override 'train.lr=\[1': invalid YAML"):
+        load_config(None, ["train.lr=[1"])
+
+
+def test_taps_beyond_the_tower_fail_before_any_work(capsys, tmp_path):
+    root = tmp_path / "runs"
+    code = cli.main(["train-local", "--config", "demo", "model.taps=[0,99]", f"storage.root={root}"])
+    assert code == 2
+    line = one_line(capsys.readouterr().err)
+    assert "model.taps" in line and "4 blocks" in line
+    assert not root.exists()  # no world generated, no run folder
+    with pytest.raises(ConfigError, match="model.taps: .* has 12 blocks"):
+        load_config(None, ["model.arch=ViT-B-16", "model.taps=[0,12]"])  # named arch: open_clip's JSON
+    with pytest.raises(ConfigError, match="distinct"):
+        load_config(None, ["model.taps=[3,3]"])
+    assert load_config(None, ["model.taps=[0,11]"]).model.taps == [0, 11]
+
+
+def test_bare_config_name_is_the_packaged_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: configs/demo.yaml is not here
+    cfg = load_config("demo")
+    assert cfg == load_config(CONFIGS_DIR / "demo.yaml")
+    # the towers it names resolve inside the package, wherever the command runs
+    assert cfg.model.weights == str(CONFIGS_DIR.parent / "assets/towers/tiny-synth-v1/open_clip_model.safetensors")
+    with pytest.raises(ConfigError, match="no packaged config named 'dem'.*demo"):
+        load_config("dem")
+    (tmp_path / "mine.yaml").write_text("train: {epochs: 2}\n")
+    assert load_config("mine.yaml").train.epochs == 2  # a path works as before
