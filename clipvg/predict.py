@@ -1,41 +1,70 @@
 """``clipvg predict``: ground one expression in one image with a trained checkpoint.
 
 Prints the box in pixels of the original image (``x0 y0 x1 y1``) and optionally draws it.
+
+A text longer than the checkpoint's context is cut to what fits, as training and evaluation
+cut it (``data.text_overflow=truncate``, the default), and a warning on stderr says how many BPE
+tokens were dropped: the answer is then about the kept prefix, which the user has to know.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from clipvg.config import ModelConfig
+from clipvg.errors import UserError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted box and what happened to the text on the way in."""
+
+    box: list[float]  # x0, y0, x1, y1 in pixels of the image
+    text_tokens: int  # BPE tokens of the (templated) text
+    dropped_tokens: int  # of those, how many did not fit the context and were cut
 
 
 @torch.no_grad()
-def predict_box(model: torch.nn.Module, model_cfg: ModelConfig, image: Image.Image, text: str,
-                normalize: str = "imagenet", overflow: str = "truncate") -> list[float]:
-    """The predicted ``(x0, y0, x1, y1)`` in pixels of ``image`` for expression ``text``.
+def predict(model: torch.nn.Module, model_cfg: ModelConfig, image: Image.Image, text: str,
+            normalize: str = "imagenet", overflow: str = "truncate") -> Prediction:
+    """The predicted box in pixels of ``image`` for expression ``text``, and the token counts.
 
     Uses the evaluation preprocessing (long side to the canvas, centred padding); the canvas box
-    is clamped to the canvas, as in evaluation, then mapped back through the letterbox.
+    is clamped to the canvas, as in evaluation, then mapped back through the letterbox. A text
+    with no BPE token raises :class:`~clipvg.errors.UserError`.
     """
-    from clipvg.data.text import prepare_text, tokenize
+    from clipvg.data.text import EmptyTextError, TextTooLongError, bpe_ids, prepare_text, tokenize
     from clipvg.data.transforms import canvas_to_image_box, eval_transform
 
     size = model_cfg.image_size
     text = prepare_text(text)
+    try:
+        tok = tokenize([text], context_length=model_cfg.context_length, overflow=overflow)
+    except EmptyTextError:
+        raise UserError(f"the text {text!r} is empty: it has no BPE token") from None
+    except TextTooLongError as e:
+        raise UserError(str(e)) from None
+    n_tokens = len(bpe_ids(text))
     # the target box is irrelevant for prediction: pass the whole image
     sample = eval_transform(image, (0, 0, image.width, image.height), text, size=size, normalize=normalize)
-    tok = tokenize([text], context_length=model_cfg.context_length, overflow=overflow)
     model.eval()
     pred = model(sample.image[None], sample.pixel_mask[None], tok.tokens, tok.token_mask)[0]
     box = canvas_to_image_box(pred, sample.scale, sample.offset, size)
     box = [min(max(float(v), 0.0), float(lim)) for v, lim in zip(box, (image.width, image.height) * 2)]
-    return box
+    return Prediction(box, n_tokens, tok.dropped)
+
+
+def predict_box(model: torch.nn.Module, model_cfg: ModelConfig, image: Image.Image, text: str,
+                normalize: str = "imagenet", overflow: str = "truncate") -> list[float]:
+    """The predicted ``(x0, y0, x1, y1)`` in pixels of ``image`` for expression ``text``
+    (:func:`predict`'s box)."""
+    return predict(model, model_cfg, image, text, normalize, overflow).box
 
 
 def add_arguments(parser) -> None:
@@ -46,23 +75,44 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the box as JSON")
 
 
-def run(args) -> int:
-    from clipvg.model import load_model
-    from clipvg.viz import draw_boxes
+def check_out_path(out: str) -> None:
+    """``--out`` must name an image format PIL can write (checked before any work)."""
+    Image.init()
+    ext = Path(out).suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise UserError(f"--out {out}: cannot write images with extension {ext or '(none)'!r}; "
+                        "use .png or .jpg")
+    if not Path(out).parent.is_dir():
+        raise UserError(f"--out {out}: folder {Path(out).parent} does not exist")
 
+
+def run(args) -> int:
+    if not args.text.strip():
+        raise UserError("--text is empty: give the expression to ground")
+    if args.out:
+        check_out_path(args.out)
     try:
         image = Image.open(args.image)
         image.load()
     except (OSError, UnidentifiedImageError) as err:
-        print(f"clipvg predict: cannot read image {args.image}: {err}", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot read image {args.image}: {err}") from None
     if not Path(args.checkpoint).is_dir():
-        print(f"clipvg predict: checkpoint folder {args.checkpoint} does not exist", file=sys.stderr)
-        return 2
+        raise UserError(f"checkpoint folder {args.checkpoint} does not exist")
+    from clipvg.model import load_model
+    from clipvg.viz import draw_boxes
+
     model = load_model(args.checkpoint)
-    box = predict_box(model, model.config, image, args.text)
+    result = predict(model, model.config, image, args.text)
+    box = result.box
+    if result.dropped_tokens:
+        room = model.config.context_length - 2
+        print(f"clipvg predict: warning: the text has {result.text_tokens} BPE tokens, the "
+              f"checkpoint's context holds {room}: the last {result.dropped_tokens} were dropped "
+              "(the box is for the first part of the text)", file=sys.stderr)
     if args.json:
-        print(json.dumps({"box_xyxy": [round(v, 2) for v in box], "text": args.text, "image": args.image}))
+        print(json.dumps({"box_xyxy": [round(v, 2) for v in box], "text": args.text, "image": args.image,
+                          "dropped_tokens": result.dropped_tokens}))
     else:
         print(" ".join(f"{v:.1f}" for v in box))
     if args.out:

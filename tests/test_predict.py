@@ -67,3 +67,78 @@ def make_tiny_model_folder():
             image_size=64, taps=[0, 1])
         return export_model(build_model(cfg), tmp_path / "model")
     return make
+
+
+# ------------------------------------------------------------------------------ bad input: one line, exit 2
+@pytest.fixture
+def predict_setup(tmp_path, make_tiny_model_folder, monkeypatch):
+    monkeypatch.delenv("CLIPVG_DEBUG", raising=False)
+    folder = make_tiny_model_folder(tmp_path)
+    Image.new("RGB", (120, 90), (200, 180, 160)).save(tmp_path / "img.png")
+
+    def run(*extra, checkpoint=folder):
+        from clipvg.cli import main
+
+        return main(["predict", "--checkpoint", str(checkpoint), "--image", str(tmp_path / "img.png"), *extra])
+    return run, folder
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_predict_empty_text(predict_setup, capsys, text):
+    run, _ = predict_setup
+    assert run("--text", text) == 2
+    assert "--text is empty" in one_line(capsys.readouterr().err)
+
+
+def test_predict_unsupported_out_extension_fails_before_any_work(predict_setup, capsys, tmp_path):
+    run, _ = predict_setup
+    assert run("--text", "the thing", "--out", str(tmp_path / "x.xyz")) == 2
+    captured = capsys.readouterr()
+    assert "'.xyz'" in one_line(captured.err) and captured.out == ""  # no box printed first
+
+
+def test_predict_truncated_weights_file(predict_setup, capsys, tmp_path):
+    run, folder = predict_setup
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    assert run("--text", "x") == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(weights) in line and "truncated" in line
+
+
+def test_predict_never_unpickles_a_pickle_saved_as_safetensors(predict_setup, capsys, tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    run, folder = predict_setup
+    for save in (lambda p: p.write_bytes(pickle.dumps(Payload())), lambda p: torch.save(Payload(), p)):
+        save(folder / "model.safetensors")
+        assert run("--text", "x") == 2
+        line = one_line(capsys.readouterr().err)
+        assert "model.safetensors" in line and "pickle" in line
+        assert not marker.exists()
+
+
+def test_predict_says_how_many_tokens_a_long_text_lost(predict_setup, capsys):
+    run, folder = predict_setup
+    assert run("--text", " ".join(["red"] * 100), "--json") == 0  # context 77: 75 BPE tokens fit
+    captured = capsys.readouterr()
+    warning = one_line(captured.err)
+    assert "100 BPE tokens" in warning and "the last 25 were dropped" in warning
+    import json
+
+    assert json.loads(captured.out)["dropped_tokens"] == 25
+    assert run("--text", "the red circle") == 0
+    assert capsys.readouterr().err == ""  # nothing to say when the text fits

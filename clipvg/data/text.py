@@ -32,6 +32,10 @@ class TextTooLongError(ValueError):
     """A text has more BPE tokens than fit between SOT and EOT (overflow="error")."""
 
 
+class EmptyTextError(ValueError):
+    """A text has no BPE token (empty, blank, or nothing the tokenizer keeps)."""
+
+
 @dataclass(frozen=True)
 class TokenizedText:
     """A batch of tokenized texts.
@@ -39,11 +43,13 @@ class TokenizedText:
     tokens: (N, L) int64, SOT + BPE ids + EOT, right-padded with 0.
     token_mask: (N, L) int64, 1 where ``tokens > 0``, else 0.
     truncated: how many of the N texts were cut to L-2 BPE tokens.
+    dropped: how many BPE tokens the cuts removed, over all N texts.
     """
 
     tokens: torch.Tensor
     token_mask: torch.Tensor
     truncated: int
+    dropped: int = 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,7 +95,8 @@ def tokenize(
     """Tokenize ``texts`` into fixed-length CLIP id sequences.
 
     Args:
-        texts: N strings. A text with no BPE token (empty or whitespace only) is an error.
+        texts: N strings. A text with no BPE token (empty or whitespace only) is an
+            :class:`EmptyTextError`.
         context_length: L, the sequence length including SOT and EOT (CLIP: 77).
         overflow: for texts with more than L-2 BPE tokens: "truncate" keeps the first L-2 ids
             and still ends with EOT; "error" raises :class:`TextTooLongError`.
@@ -105,20 +112,21 @@ def tokenize(
         raise ValueError(f"context_length must be >= 3 (SOT, a token, EOT), got {context_length}")
     room = context_length - 2
     tokens = torch.zeros(len(texts), context_length, dtype=torch.int64)
-    truncated = 0
+    truncated = dropped = 0
     for idx, text in enumerate(texts):
         ids = bpe_ids(text)
         if not ids:
-            raise ValueError(f"text {idx} is empty (no BPE tokens): {_snippet(text)}")
+            raise EmptyTextError(f"text {idx} is empty (no BPE tokens): {_snippet(text)}")
         if len(ids) > room:
             if overflow == "error":
                 raise TextTooLongError(
                     f"text {idx} has {len(ids)} BPE tokens, more than the {room} that fit in "
                     f"context length {context_length}: {_snippet(text)}"
                 )
+            dropped += len(ids) - room
             ids = ids[:room]
             truncated += 1
         seq = [SOT_ID, *ids, EOT_ID]
         tokens[idx, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
     token_mask = (tokens > 0).to(torch.int64)  # official rule: id > 0 (see module docstring)
-    return TokenizedText(tokens=tokens, token_mask=token_mask, truncated=truncated)
+    return TokenizedText(tokens=tokens, token_mask=token_mask, truncated=truncated, dropped=dropped)

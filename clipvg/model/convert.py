@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from clipvg.config import ConfigError, FusionConfig, ModelConfig, from_dict
+from clipvg.errors import UserError
 from clipvg.model.state_dict import short_list, strip_module_prefix
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ _PREFIX_MAP = (
 _UNUSED_PREFIXES = ("visu_proj.",)  # defined but never called in the official forward
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """The input cannot be turned into a clipvg model (clear, user-facing message)."""
 
 
@@ -263,22 +264,64 @@ def export_model(model: CLIPVG, folder: str | Path) -> Path:
     return folder
 
 
+def _weights_file_problem(path: Path) -> str:
+    """Why ``path`` is not a safetensors file, from its first bytes (nothing is unpickled)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        return ("it is a pickle / torch.save archive, not safetensors. clipvg never unpickles "
+                "model files (loading a pickle can run code); convert official checkpoints with "
+                "`clipvg convert-official`")
+    return "it is truncated or is not a safetensors file"
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a ``model.safetensors`` file. Only the safetensors format is read (a
+    header of JSON, then raw bytes): a pickle saved under that name is refused, never loaded.
+    Raises :class:`ConversionError` naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as e:
+        raise ConversionError(f"cannot read {path}: {_weights_file_problem(path)} "
+                              f"({_first_line(e)})") from None
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {e}") from None
+
+
 def load_model(folder: str | Path) -> CLIPVG:
     """Build the model of ``folder/model_config.json`` and load ``model.safetensors`` strictly.
 
-    Returns the model in eval mode.
+    Returns the model in eval mode. A missing, truncated or foreign file, or weights that do not
+    fit the config, raise :class:`ConversionError` naming the file; the weights are read (and
+    checked) before the model is built.
     """
-    from safetensors.torch import load_file
-
     from clipvg.model.clipvg import build_model, offline_config
 
     folder = Path(folder)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise ConversionError(f"{folder} is not a clipvg model folder: {name} is missing")
-    cfg = model_config_from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+    try:
+        raw = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"cannot read {folder / CONFIG_FILE}: {e}") from None
+    cfg = model_config_from_dict(raw)
+    state = read_weights(folder / WEIGHTS_FILE)
     model = build_model(offline_config(cfg))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ConversionError(
+            f"{folder / WEIGHTS_FILE} does not fit {folder / CONFIG_FILE}: missing keys "
+            f"{short_list(missing)}, unexpected keys {short_list(unexpected)}, shape mismatches "
+            f"{short_list(wrong)}")
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 
