@@ -315,8 +315,9 @@ def _image_folder(key: str, image_root: str | None, image_dir: str | None, so: d
 
 
 def _fetch(name: str, folder: str, out: str, mode: str, so: dict) -> dict:
-    """One images row. A missing file is left for the validator (``missing_image``): ``copy``
-    still names ``files/<name>``, ``pack`` falls back to the original's URI."""
+    """One images row. A missing file is left for the validator (``missing_image``): the row
+    then names the original's URI (``copy`` and ``pack`` alike), so the quarantine reason points
+    at the file the user has to find, not at the copy that was never made."""
     src = storage.join(folder, name)
     if mode == "reference":
         return dict(image_id=name, uri=src, bytes=None)
@@ -326,8 +327,9 @@ def _fetch(name: str, folder: str, out: str, mode: str, so: dict) -> dict:
         data = None
     if mode == "pack":
         return dict(image_id=name, uri=None if data is not None else src, bytes=data)
-    if data is not None:
-        storage.write_bytes(data, storage.join(out, "files", name), **so)
+    if data is None:
+        return dict(image_id=name, uri=src, bytes=None)
+    storage.write_bytes(data, storage.join(out, "files", name), **so)
     return dict(image_id=name, uri=f"files/{name}", bytes=None)
 
 

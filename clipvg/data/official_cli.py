@@ -10,6 +10,9 @@ Examples::
         --endpoint-url http://127.0.0.1:9000
     clipvg export-official runs/unc --dataset unc --split val --out /tmp/unc_val.pth
 
+Exit status of ``import-official``: 0 every row was accepted, 1 rows were quarantined (the
+dataset is written; ``<out>/quarantine`` holds them, as after ``clipvg validate``), 2 usage error.
+
 Split files are read with a restricted unpickler (lists, tuples, strings, numbers only): a file
 that would run code on load is refused with a one-line error, before anything is written.
 One command serves both directions because both share the key/split vocabulary; the module
@@ -99,7 +102,7 @@ def _run_import(args: argparse.Namespace) -> int:
     for reason, n in sorted(v.reasons.items()):
         print(f"  quarantined {reason}: {n}")
     print(f"-> {args.out}")
-    return 0
+    return 1 if v.quarantined else 0  # as `clipvg validate`: 1 = rows were quarantined
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ Checks per samples row, in this order; the first failing one is the row's reason
 3. ``box_not_finite``, ``box_degenerate`` (x1 <= x0 or y1 <= y0), ``box_outside_image`` (zero
    area once clipped to the image; a box partly outside is accepted unchanged). Boxes are
    checked as the float32 values that are stored, so 1e39 is inf;
-4. ``text_invalid_utf8`` (a ``binary`` text column is decoded strictly), ``text_empty`` (nothing
+4. ``text_invalid_utf8`` (a ``binary`` text column is decoded strictly, and so is a ``string``
+   one that holds invalid UTF-8; in any other string column that is a SchemaError), ``text_empty`` (nothing
    after strip, or no BPE token), ``text_too_long`` (more than ``max_text_tokens`` CLIP BPE
    tokens; 75 = what fits between SOT and EOT in CLIP's context of 77);
 5. ``duplicate_sample_id`` (an id used by any earlier row), ``duplicate_sample`` (same image,
@@ -45,7 +46,9 @@ from clipvg.data.schema import (
     BOX_TYPE, QUARANTINE, QUARANTINE_REASONS, SAMPLES, SPECS, SchemaError, conform,
     validate_table,
 )
-from clipvg.data.validate_checks import check_columns, check_images, completed_images, row_verdicts
+from clipvg.data.validate_checks import (
+    check_columns, check_images, completed_images, row_verdicts, utf8_checked,
+)
 
 __all__ = ["QUARANTINE_REASONS", "ValidationReport", "DatasetNotFoundError", "check_samples",
            "ingest", "validate_dataset"]
@@ -171,6 +174,7 @@ def check_samples(samples: pa.Table, images: pa.Table, root: str, *, max_text_to
     for the checks and their order.
     """
     check_columns(samples, images)
+    samples = utf8_checked(samples, images)
     checked = check_images(images, root, decode_images, threads, progress, storage_options)
     ids = images.column("image_id").to_pylist()
     by_id = {ids[row]: outcome for row, outcome in checked.items()}
@@ -319,7 +323,10 @@ def validate_dataset(root: str, *, apply: bool = True,
     check = {k: v for k, v in check.items() if v is not None}
     samples = storage.read_table(storage.join(root, "samples"), **so)
     images = storage.read_table(storage.join(root, "images"), **so)
-    accepted, quarantine, _, report = check_samples(samples, images, root, **check, **so)
+    try:
+        accepted, quarantine, _, report = check_samples(samples, images, root, **check, **so)
+    except SchemaError as e:  # name the dataset: the message names table, column and row
+        raise SchemaError(f"{root}: {e}") from None
     if not apply or not report.quarantined:
         return report
     storage.remove(manifest_uri, **so)

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from clipvg.data import storage
@@ -64,6 +64,47 @@ def check_columns(samples: pa.Table, images: pa.Table) -> None:
             _require(images, "images", col, pa.types.is_integer, "an integer type")
 
 
+def _first_invalid_utf8(column: pa.ChunkedArray) -> tuple[int, bytes] | None:
+    """(row, bytes) of the first value of a string column that is not UTF-8, or None. Parquet
+    files written by other tools can hold such values; pyarrow only fails when they are read."""
+    offset = 0
+    for chunk in column.chunks:
+        try:
+            chunk.validate(full=True)  # checks UTF-8 in C++, without making Python strings
+        except pa.ArrowInvalid:
+            for i, value in enumerate(chunk.view(pa.binary()).to_pylist()):
+                try:
+                    if value is not None:
+                        value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return offset + i, value
+        offset += len(chunk)
+    return None
+
+
+def utf8_checked(samples: pa.Table, images: pa.Table) -> pa.Table:
+    """``samples``, its ``text`` column viewed as binary when a string text is not UTF-8 (each
+    such row is then quarantined as ``text_invalid_utf8``, like a binary text). Invalid UTF-8 in
+    any other string column of either table raises SchemaError naming table, column and row."""
+    for name, table in (("samples", samples), ("images", images)):
+        for field_ in table.schema:
+            if not (pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)):
+                continue
+            bad = _first_invalid_utf8(table.column(field_.name))
+            if bad is None:
+                continue
+            if name == "samples" and field_.name == "text":
+                binary = pa.large_binary() if pa.types.is_large_string(field_.type) else pa.binary()
+                column = pa.chunked_array([c.view(binary) for c in table.column("text").chunks],
+                                          type=binary)
+                samples = samples.set_column(samples.column_names.index("text"), "text", column)
+                continue
+            row, value = bad
+            raise SchemaError(f"invalid {name} table: column {field_.name!r}: row {row} is not "
+                              f"valid UTF-8 ({value[:60]!r}); a string column must hold UTF-8")
+    return samples
+
+
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
@@ -78,6 +119,10 @@ class ImageOutcome(NamedTuple):
     detail: str = ""
 
 
+# PIL names the file object it was given ("<_io.BytesIO object at 0x7f...>"): useless to a user
+_FILE_OBJECT = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _decode(f, where: str, decode: bool) -> ImageOutcome:
     try:
         with Image.open(f) as im:
@@ -86,8 +131,12 @@ def _decode(f, where: str, decode: bool) -> ImageOutcome:
                 if im.mode != "RGB":
                     im.convert("RGB")  # what the reader does; some modes cannot
             return ImageOutcome(*im.size)
+    except UnidentifiedImageError:
+        return ImageOutcome(reason="image_unreadable",
+                            detail=f"cannot decode {where}: not an image format PIL can identify")
     except Exception as exc:  # anything a decoder raises on untrusted bytes means unreadable
-        return ImageOutcome(reason="image_unreadable", detail=f"cannot decode {where}: {exc}")
+        message = _FILE_OBJECT.sub("the file", str(exc)) or type(exc).__name__
+        return ImageOutcome(reason="image_unreadable", detail=f"cannot decode {where}: {message}")
 
 
 def _open_image(image_id: str, rel: str | None, data: bytes | None, root: str, decode: bool,

@@ -508,7 +508,7 @@ def test_cli_import_and_export(tmp_path, capsys):
     code = main(["import-official", "--dataset", "unc", "--split-root", str(split_root),
                  "--image-root", str(image_root), "--out", str(out), "--images", "pack"])
     printed = capsys.readouterr().out
-    assert code == 0
+    assert code == 1  # rows were quarantined: as `clipvg validate`
     assert "unc_train.pth: 3 rows" in printed and "unc_testA.pth: 5 rows" in printed
     assert "skipped unc_trainval.pth" in printed
     assert "10 samples: 6 accepted, 4 quarantined" in printed
@@ -518,6 +518,25 @@ def test_cli_import_and_export(tmp_path, capsys):
                  "--out", str(target)])
     assert code == 0 and "exported 1 entries" in capsys.readouterr().out
     assert_same_entries(load_split_file(str(target)), UNC_VAL, "unc")
+    clean = main(["import-official", "--dataset", "unc", "--split-root", str(split_root),
+                  "--image-root", str(image_root), "--out", str(tmp_path / "clean"),
+                  "--splits", "train,val"])
+    assert clean == 0 and "4 samples: 4 accepted, 0 quarantined" in capsys.readouterr().out
+
+
+@needs_ingest
+@pytest.mark.parametrize("mode", ["copy", "pack", "reference"])
+def test_quarantine_reasons_name_the_source_image(tmp_path, mode):
+    split_root, image_root = unc_root(tmp_path)
+    coco = image_root / "other/images/mscoco/images/train2014"
+    (coco / IMG_B).write_bytes(b"not an image")
+    report = import_official("unc", str(split_root), str(image_root), str(tmp_path / "o"),
+                             images=mode, splits=["val", "testA"])
+    details = {q["reason"]: q["detail"] for q in read(tmp_path / "o", "quarantine").to_pylist()}
+    # the file to find is the original, not the copy under <out>/files/ that was never made
+    assert str(coco / "missing_image.jpg") in details["missing_image"]
+    assert "object at 0x" not in details["image_unreadable"]
+    assert IMG_B in details["image_unreadable"]
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):

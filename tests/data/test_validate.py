@@ -111,6 +111,7 @@ def test_corrupt_image_random_bytes(tmp_path):
     junk = np.random.default_rng(1).bytes(2000)
     reason, detail = only_reason(tmp_path, row(0), {"img0": junk})
     assert reason == "image_unreadable" and "files/img0.img" in detail
+    assert "object at 0x" not in detail  # PIL names the BytesIO it was given, not the file
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -187,6 +188,36 @@ def test_invalid_utf8_in_a_binary_text_column(tmp_path):
     assert accepted.column("text").to_pylist() == ["the blue caf\u00e9"]
     q = quarantine.to_pylist()[0]
     assert q["reason"] == "text_invalid_utf8" and q["text"] == "caf\\xe9 on the left"
+
+
+def string_column_with_invalid_utf8(values: list[bytes]) -> pa.Array:
+    """A string column as another tool could write it: bytes that are not UTF-8, unchecked."""
+    return pa.array(values, pa.binary()).view(pa.string())
+
+
+def test_invalid_utf8_in_a_string_text_column_is_quarantined_like_a_binary_one(tmp_path):
+    table = samples_table([row(0), row(1)])
+    table = table.set_column(table.column_names.index("text"), "text", string_column_with_invalid_utf8(
+        [b"the red square", b"caf\xe9 on the left"]))
+    accepted, quarantine, _, report = v.check_samples(table, write_images(tmp_path, {"img0": encoded()}),
+                                                      str(tmp_path))
+    assert accepted.column("text").to_pylist() == ["the red square"]
+    assert report.reasons == {"text_invalid_utf8": 1}
+    assert quarantine.to_pylist()[0]["text"] == "caf\\xe9 on the left"
+
+
+def test_cli_validate_invalid_utf8_in_another_string_column_is_one_line(dataset, capsys):
+    import pyarrow.parquet as pq
+
+    samples = storage.read_table(storage.join(dataset, "samples"))
+    split = string_column_with_invalid_utf8([b"train", b"v\xffal", b"train"])
+    samples = samples.set_column(samples.column_names.index("split"), "split", split)
+    (part,) = storage.list_parts(storage.join(dataset, "samples"))
+    pq.write_table(samples, part)
+    assert cli.main(["validate", dataset]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert dataset in err and "column 'split': row 1 is not valid UTF-8" in err
 
 
 def test_300_token_text_is_quarantined_with_its_token_count(tmp_path):
