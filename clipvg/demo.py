@@ -50,7 +50,7 @@ def prediction_examples(cfg: Config, checkpoint: str | Path, n: int = 12, **stor
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", default="configs/demo.yaml", help="YAML run config")
+    parser.add_argument("--config", default="demo", help="YAML run config, or a packaged config's name (default: demo)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=7 storage.root=/tmp/run")
 
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 from clipvg.config import Config, ModelConfig, SynthConfig, load_config
 from clipvg.data import storage
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # packaged (configs/ links here)
 
 
 def bench_config(model: ModelConfig | None, batch_size: int) -> Config:

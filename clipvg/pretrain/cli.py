@@ -23,7 +23,7 @@ DEFAULTS = PretrainConfig()
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", default="configs/demo.yaml",
+    parser.add_argument("--config", default="demo",
                         help="run config whose model.arch / image_size / normalisation to use")
     parser.add_argument("--out", required=True, help="output folder for the weights and the card")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps)
