@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("clipvg.distributed.pipeline", "the unsupervised method end to end: pseudo-labels, measurers, scoring, SSA/MSA with Ray Tune, report"),
     "train-local": ("clipvg.engine.local", "train CLIP-VG in this process (no Ray)"),
     "score": ("clipvg.distributed.score_cli", "score pseudo-labels' reliability with a measurer (Ray Data actor pool)"),
+    "evaluate": ("clipvg.distributed.evaluate_cli", "Acc@0.5 of a checkpoint on named splits: predictions, metrics, worst-case gallery (Ray Data actor pool)"),
     "predict": ("clipvg.predict", "predict the box of an expression in an image"),
     "compare": ("clipvg.compare", "runs side by side: accuracy table and learning curves per expression type"),
     "convert-official": ("clipvg.model.convert_cli", "convert an official CLIP-VG checkpoint"),

@@ -159,3 +159,33 @@ def test_train_job_killed_and_resubmitted_resumes(head, client, s3):
     for name in ("model.safetensors", "optimizer.pt", "state.json", "config.yaml"):
         assert storage.exists(f"{last}/{name}", **s3.options), f"{last} lacks {name}"
     assert storage.exists(f"{run_dir}/best/model.safetensors", **s3.options)
+
+
+@pytest.mark.slow
+def test_evaluate_job_on_s3(head, client, s3, tmp_path):
+    """`ray job submit ... python ray_jobs/evaluate.py`: the converted official fixture checkpoint
+    on a flickr-layout split imported to S3, one replica on the job's cluster, results on S3."""
+    from official_eval import convert_fixture, import_split_files, random_rows, write_images, write_split_files
+
+    sizes = {"a.jpg": (90, 60), "b.jpg": (60, 80)}
+    write_images(tmp_path / "images", sizes)
+    write_split_files(tmp_path / "splits", "flickr",
+                      {"test": random_rows(sizes, {"a.jpg": 2, "b.jpg": 1}, seed=0)})
+    data, model, out = s3.uri("job-data"), s3.uri("job-model"), s3.uri("job-eval")
+    import_split_files("flickr", tmp_path / "splits", tmp_path / "images", data, ["test"], **s3.options)
+    folder = Path(convert_fixture(tmp_path / "model"))
+    for name in ("model.safetensors", "model_config.json"):
+        storage.write_bytes((folder / name).read_bytes(), f"{model}/{name}", **s3.options)
+    entrypoint = shlex.join(["python", "ray_jobs/evaluate.py", "--checkpoint", model, "--data", data,
+                             "--splits", "test", "--out", out, "--endpoint-url", s3.endpoint_url,
+                             "--actors", "1", "curriculum.scoring.cpus_per_actor=0.5", "scaling.data_cpus=0.5"])
+    t0 = time.monotonic()
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO)})
+    status = wait(client, job_id, timeout=JOB_TIMEOUT_S)
+    log = client.get_job_logs(job_id)
+    print(f"\nevaluate job: {status} in {time.monotonic() - t0:.1f} s")
+    assert status == "SUCCEEDED", log[-6000:]
+    assert "test: Acc@0.5" in log
+    split = storage.read_json(f"{out}/metrics.json", **s3.options)["splits"]["test"]
+    assert split["rows"] == split["total"] == 3 and split["failed"] == 0
+    assert storage.read_table(f"{out}/predictions", **s3.options).num_rows == 3
