@@ -256,7 +256,11 @@ class ScalingConfig:
 
 @dataclass
 class StorageConfig:
-    """Where outputs go: a local path or an object-store URI."""
+    """Where outputs go: a local path or an object-store URI.
+
+    Every command resolves these the same way (:func:`clipvg.data.storage.options_from_config`;
+    a command's ``--endpoint-url`` flag takes the place of ``endpoint_url``) and checks the
+    endpoint before any work (:func:`clipvg.data.storage.check_access`)."""
 
     root: str = "runs"
     run_name: str = "default"
@@ -567,11 +571,22 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (``.yaml``/``.yml``) or JSON next to an output."""
-    path = Path(path)
+def save_config(cfg: Config, path: str | Path, **storage_options: Any) -> None:
+    """Write the resolved config as YAML (``.yaml``/``.yml``) or JSON next to an output.
+
+    ``path``: a local path, or a storage URI (``s3://...``), which is written through
+    :mod:`clipvg.data.storage` with ``storage_options`` (default: the config's own
+    ``storage.*``) - never turned into a local folder name."""
+    text = str(path)
+    suffix = os.path.splitext(text)[1]
+    body = (yaml.safe_dump(to_dict(cfg), sort_keys=False) if suffix in (".yaml", ".yml")
+            else json.dumps(to_dict(cfg), indent=2))
+    if "://" in text and not text.startswith("file://"):
+        from clipvg.data import storage
+
+        options = storage_options or storage.options_from_config(cfg.storage)
+        storage.write_bytes(body.encode("utf-8"), text, **options)
+        return
+    path = Path(text.removeprefix("file://"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix in (".yaml", ".yml"):
-        path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    else:
-        path.write_text(json.dumps(to_dict(cfg), indent=2))
+    path.write_text(body)

@@ -16,6 +16,17 @@ Writes are atomic for readers: a file is written under a hidden temporary name
 filesystem, copied-then-deleted on an object store - so a reader never sees a half-written file.
 Hidden names (leading ``.`` or ``_``) are ignored when a Parquet folder is read, so a crashed
 writer's leftovers never leak into a table.
+
+**One resolution for every command.** Every entry point (``train-local``, ``train``,
+``pipeline``, ``score``, ``synth``, ``validate``, ``import-official`` / ``export-official``)
+takes its options from :func:`options_from_config` - the run's ``storage.*``, with a command's
+``--endpoint-url`` flag, where it has one, in place of ``storage.endpoint_url`` - and calls
+:func:`check_access` on the URIs it will touch before doing any work: a malformed URI
+(``s3:/bucket``, what ``Path("s3://bucket")`` makes of one) or an object store that cannot be
+reached fails at once with a :class:`~clipvg.errors.UserError` naming the endpoint, instead of
+a traceback minutes later or a write that went to another endpoint. A URI is never turned into
+a local path: local files are written only under local paths (or a local cache folder that is
+then published with these functions).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import uuid
 from urllib.parse import urlparse
 from typing import Any, Iterable
@@ -43,14 +55,106 @@ S3_OPTIONS = ("endpoint_url", "region", "profile")  # the portable ones; others 
 _S3_PROTOCOLS = ("s3", "s3a")
 
 
-def options_from_config(storage_cfg: Any) -> dict[str, Any]:
-    """storage_options of a run (``StorageConfig``): endpoint_url, region, profile if set."""
-    return {k: getattr(storage_cfg, k, None) for k in S3_OPTIONS
-            if getattr(storage_cfg, k, None) is not None}
+def options_from_config(storage_cfg: Any = None, *, endpoint_url: str | None = None) -> dict[str, Any]:
+    """The storage options of a run or command: ``endpoint_url``, ``region``, ``profile`` of its
+    ``StorageConfig`` where set, with a command's ``--endpoint-url`` flag (``endpoint_url``, when
+    given) in place of ``storage.endpoint_url``. Unset options are left to the standard chain
+    (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ``~/.aws``), which every client here honours
+    too. This is the one resolution of ``storage.*``: every entry point uses it."""
+    options = {k: getattr(storage_cfg, k, None) for k in S3_OPTIONS
+               if getattr(storage_cfg, k, None) is not None}
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    return options
 
 
 def _protocol(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` names an object in a store (``s3://...``), not a local path."""
+    return "://" in str(path) and _protocol(str(path)) != "file"
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of ``uri`` (a plain path or ``file://``), or None for a store URI."""
+    uri = str(uri)
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return None if "://" in uri else uri
+
+
+# "s3:/bucket/key": what pathlib makes of "s3://bucket/key" (it collapses the double slash)
+_MANGLED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")
+
+
+def endpoint_of(**storage_options: Any) -> str:
+    """The S3 endpoint a client given ``storage_options`` talks to, for messages."""
+    endpoint = storage_options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+    return endpoint or "the AWS default endpoint (no storage.endpoint_url, no AWS_ENDPOINT_URL)"
+
+
+def check_uri(uri: str) -> None:
+    """Refuse a mangled URI (``s3:/bucket``) before anything creates a local folder named so."""
+    from clipvg.errors import UserError
+
+    if _MANGLED_URI.match(str(uri)):
+        raise UserError(f"{uri!r} looks like a URI with one slash too few (did you mean "
+                        f"{re.sub(r':/', '://', str(uri), count=1)!r}?); nothing was written")
+
+
+def check_access(*uris: str | None, **storage_options: Any) -> None:
+    """Fail fast, before any work, when one of ``uris`` cannot be used.
+
+    Mangled URIs are refused (:func:`check_uri`); for each ``s3://`` URI the bucket is listed
+    once (one request, no retries, 5 s to connect) at the endpoint ``storage_options`` name, so a
+    wrong ``storage.endpoint_url``, a missing bucket or missing credentials end in one
+    :class:`~clipvg.errors.UserError` naming the endpoint - and nothing is sent anywhere else.
+    Local paths and other schemes are only checked for mangling. None entries are skipped.
+    """
+    from clipvg.errors import UserError
+
+    checked: set[tuple[str, str]] = set()
+    for uri in uris:
+        if uri is None:
+            continue
+        check_uri(uri)
+        if _protocol(uri) not in _S3_PROTOCOLS:
+            continue
+        bucket, _, key = uri.split("://", 1)[1].partition("/")
+        endpoint = endpoint_of(**storage_options)
+        if (bucket, endpoint) in checked:
+            continue
+        checked.add((bucket, endpoint))
+        fs, _ = filesystem(uri, skip_instance_cache=True, **storage_options, config_kwargs={
+            "connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 1}})
+        fs.retries = 1  # this instance only (skip_instance_cache): s3fs's own retry loop
+        try:
+            fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key.strip("/"), MaxKeys=1)
+        except Exception as e:  # botocore / aiohttp errors, or s3fs's translations of them
+            hint = "check storage.endpoint_url / --endpoint-url, the bucket and the credentials"
+            if _unreachable(e):
+                raise UserError(f"cannot reach the S3 endpoint {endpoint} (for {uri}): "
+                                f"{type(e).__name__}; {hint}") from None
+            detail = " ".join(str(e).split()) or type(e).__name__
+            raise UserError(f"cannot use {uri} at the S3 endpoint {endpoint}: "
+                            f"{type(e).__name__}: {detail[:200]}; {hint}") from None
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is a failure to connect, not an answer."""
+    import sys
+
+    botocore = sys.modules.get("botocore.exceptions")
+    kinds = tuple(k for k in (getattr(botocore, "ConnectionError", None),
+                              getattr(botocore, "ConnectTimeoutError", None)) if k is not None)
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, (ConnectionError, TimeoutError, *kinds)):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def filesystem(uri: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -139,6 +243,52 @@ def remove(uri: str, **storage_options: Any) -> bool:
         return False
     fs.rm(path)
     return True
+
+
+def remove_tree(uri: str, **storage_options: Any) -> bool:
+    """Delete the folder (or prefix) ``uri`` with everything under it; False if there was none."""
+    fs, path = filesystem(uri, **storage_options)
+    _fresh(fs, path)
+    if not fs.exists(path):
+        return False
+    fs.rm(path, recursive=True)
+    _fresh(fs, path)
+    return True
+
+
+def upload_folder(folder: str | os.PathLike, uri: str, *, last: Iterable[str] = (),
+                  **storage_options: Any) -> None:
+    """Publish the files of the local ``folder`` (recursively) under ``uri``; the relative paths
+    in ``last`` go after every other file (a completeness marker such as ``state.json``), and
+    their old copies are removed first, so a reader never sees an old marker next to new files."""
+    root = str(folder)
+    files = sorted(os.path.relpath(os.path.join(d, f), root)
+                   for d, _, names in os.walk(root) for f in names)
+    last = [name for name in last]
+    for name in last:
+        remove(join(uri, name), **storage_options)
+    for name in sorted(files, key=lambda n: (n in last, n)):
+        with open(os.path.join(root, name), "rb") as f:
+            write_bytes(f.read(), join(uri, *name.split(os.sep)), **storage_options)
+
+
+def download_folder(uri: str, folder: str | os.PathLike, **storage_options: Any) -> bool:
+    """Copy the files under ``uri`` (recursively) into the local ``folder``; False if none."""
+    fs, path = filesystem(uri, **storage_options)
+    _fresh(fs, path)
+    if not fs.isdir(path):
+        return False
+    found = False
+    for remote in sorted(fs.find(path)):
+        rel = posixpath.relpath(remote, path)
+        if posixpath.basename(rel).startswith(".tmp-"):  # a crashed writer's temp file
+            continue
+        target = os.path.join(str(folder), *rel.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with fs.open(remote, "rb") as src, open(target, "wb") as dst:
+            dst.write(src.read())
+        found = True
+    return found
 
 
 # --------------------------------------------------------------------------------------------

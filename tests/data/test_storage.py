@@ -155,3 +155,48 @@ def test_pyarrow_filesystem_reads_the_same_table_as_fsspec(s3, tmp_path):
         storage.write_table(pa.table({"a": [1, 2, 3]}), uri, **options)
         fs, path = storage.pyarrow_filesystem(uri, **options)
         assert pq.read_table(path, filesystem=fs).column("a").to_pylist() == [1, 2, 3]
+
+
+def test_one_resolution_of_storage_options():
+    from clipvg.config import StorageConfig
+
+    cfg = StorageConfig(endpoint_url="http://127.0.0.1:9", profile="p")
+    assert storage.options_from_config(cfg) == {"endpoint_url": "http://127.0.0.1:9", "profile": "p"}
+    # a command's --endpoint-url takes the place of storage.endpoint_url; the rest stays
+    assert storage.options_from_config(cfg, endpoint_url="http://127.0.0.1:8") == {
+        "endpoint_url": "http://127.0.0.1:8", "profile": "p"}
+    assert storage.options_from_config(None, endpoint_url=None) == {}
+    assert storage.is_uri("s3://b/k") and not storage.is_uri("/tmp/x") and not storage.is_uri("file:///x")
+    assert storage.local_path("file:///tmp/x") == "/tmp/x" and storage.local_path("s3://b/k") is None
+
+
+def test_check_access_names_the_endpoint_and_refuses_mangled_uris(s3, tmp_path, monkeypatch):
+    from clipvg.errors import UserError
+
+    storage.check_access(s3.uri("ok"), str(tmp_path), None, **s3.options)  # reachable: nothing
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    with pytest.raises(UserError, match=r"^cannot reach the S3 endpoint http://127.0.0.1:9 \(for s3://"):
+        storage.check_access(s3.uri("x"), endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(UserError, match=f"cannot use s3://no-such-bucket/x at the S3 endpoint {s3.endpoint_url}"):
+        storage.check_access("s3://no-such-bucket/x", **s3.options)
+    with pytest.raises(UserError, match="one slash too few"):
+        storage.check_access("s3:/bucket/x")
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_folders_upload_download_and_remove(s3, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.bin").write_bytes(b"a")
+    (src / "sub" / "b.bin").write_bytes(b"b")
+    (src / "state.json").write_text("{}")
+    uri = s3.uri("folder")
+    storage.write_bytes(b"old", storage.join(uri, "state.json"), **s3.options)
+    storage.upload_folder(src, uri, last=("state.json",), **s3.options)
+    assert storage.download_folder(uri, tmp_path / "dst", **s3.options)
+    assert sorted(str(p.relative_to(tmp_path / "dst")) for p in (tmp_path / "dst").rglob("*") if p.is_file()) == [
+        "a.bin", "state.json", "sub/b.bin"]
+    assert (tmp_path / "dst" / "state.json").read_text() == "{}"
+    assert storage.remove_tree(uri, **s3.options) and not storage.exists(storage.join(uri, "a.bin"), **s3.options)
+    assert not storage.remove_tree(uri, **s3.options)
+    assert not storage.download_folder(uri, tmp_path / "none", **s3.options)
