@@ -118,11 +118,13 @@ def ensure_dataset(cfg: Config) -> str:
     under ``<storage.root>/worlds/seed<seed>-<size>px`` (shared by every run with that world)."""
     if cfg.data.uri is not None:
         return cfg.data.uri
+    from clipvg.data.storage import options_from_config
     from clipvg.data.synthetic import write_world
 
     s = cfg.data.synth
     uri = (f"{cfg.storage.root.rstrip('/')}/worlds/seed{cfg.data.seed}-{s.image_size}px-"
            f"{s.train_images}-{s.val_images}-{s.test_images}-obj{s.min_objects}to{s.max_objects}")
-    # write_world returns at once when an identical world (same manifest) is already there
-    write_world(uri, s, seed=cfg.data.seed)
+    # write_world returns at once when an identical world (same manifest) is already there;
+    # it goes to the run's storage (storage.endpoint_url etc.), like every other output
+    write_world(uri, s, seed=cfg.data.seed, **options_from_config(cfg.storage))
     return uri

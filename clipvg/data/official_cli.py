@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--no-progress", action="store_true",
                             help="never show a progress bar")
     parser.add_argument("--dataset", required=True, help=f"dataset key: {', '.join(KEYS)}")
-    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS)")
 
 
 def _error(command: str, message: str) -> int:
@@ -81,16 +82,27 @@ def run(args: argparse.Namespace) -> int:
         return _error(command, str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
+def _storage_options(args: argparse.Namespace, *uris: str | None) -> dict:
+    """The storage options of the command (clipvg.data.storage's one resolution, with
+    --endpoint-url), after checking that every URI it names can be reached."""
+    from clipvg.data import storage
+
+    options = storage.options_from_config(None, endpoint_url=args.endpoint_url)
+    storage.check_access(*uris, **options)
+    return options
+
+
 def _run_import(args: argparse.Namespace) -> int:
     from clipvg.data.official import import_official
 
     if args.image_root is None and args.image_dir is None:
         return _error("import-official", "give --image-root or --image-dir")
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    options = _storage_options(args, args.out, args.split_root, args.image_root, args.image_dir)
     report = import_official(
         args.dataset, args.split_root, args.image_root, args.out, images=args.images,
         image_dir=args.image_dir, splits=splits,
-        progress=False if args.no_progress else None, endpoint_url=args.endpoint_url)
+        progress=False if args.no_progress else None, **options)
     for note in report.notes:
         print(note)
     for f in report.files:
@@ -108,7 +120,7 @@ def _run_import(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from clipvg.data.official import export_split
 
-    n = export_split(args.uri, args.dataset, args.split, args.out, source=args.source,
-                     endpoint_url=args.endpoint_url)
+    options = _storage_options(args, args.uri, args.out)
+    n = export_split(args.uri, args.dataset, args.split, args.out, source=args.source, **options)
     print(f"exported {n} entries of split {args.split} ({args.dataset} format) -> {args.out}")
     return 0

@@ -333,6 +333,24 @@ def _write_tables(uri: str, rows: dict[str, list], manifest: dict, show: bool,
                            f"see {storage.join(uri, 'quarantine')}): {report.summary()}")
 
 
+def world_key(cfg: SynthConfig, seed: int, splits: dict[str, int], image_format: str = "png",
+              embed_images: bool = False) -> dict:
+    """What identifies a written world (the manifest fields :func:`write_world` compares)."""
+    ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}.get(image_format)
+    if ext is None:
+        raise ValueError(f"image_format must be png or jpeg, got {image_format!r}")
+    rates = simulator_rates()  # the scene graph's and captioner's are part of the key, so a
+    # world written before they existed (no triplets/ nor captions/) is regenerated
+    return dict(seed=seed, images={s: int(n) for s, n in splits.items()},
+                config=dataclasses.asdict(cfg), image_format=ext, embedded_images=embed_images,
+                scene_graph=rates["scene_graph"], captioner=rates["captioner"])
+
+
+def same_world(manifest: dict, key: dict) -> bool:
+    """Whether an existing ``manifest.json`` is the world of ``key`` (:func:`world_key`)."""
+    return {k: manifest.get(k) for k in key} == key
+
+
 def write_world(
     uri: str,
     cfg: SynthConfig | None = None,
@@ -361,18 +379,13 @@ def write_world(
     cfg = cfg or SynthConfig()
     if splits is None:
         splits = {"train": cfg.train_images, "val": cfg.val_images, "test": cfg.test_images}
-    ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}.get(image_format)
-    if ext is None:
-        raise ValueError(f"image_format must be png or jpeg, got {image_format!r}")
-    rates = simulator_rates()  # the scene graph's and captioner's are part of the key, so a
-    # world written before they existed (no triplets/ nor captions/) is regenerated
-    key = dict(seed=seed, images={s: int(n) for s, n in splits.items()},
-               config=dataclasses.asdict(cfg), image_format=ext, embedded_images=embed_images,
-               scene_graph=rates["scene_graph"], captioner=rates["captioner"])
+    key = world_key(cfg, seed, splits, image_format, embed_images)
+    ext = key["image_format"]
+    rates = simulator_rates()
     manifest_uri = storage.join(uri, "manifest.json")
     if not force and storage.exists(manifest_uri, **storage_options):
         old = storage.read_json(manifest_uri, **storage_options)
-        if {k: old.get(k) for k in key} == key:
+        if same_world(old, key):
             return old
     storage.remove(manifest_uri, **storage_options)  # incomplete until rewritten (also: force)
     total = sum(splits.values())

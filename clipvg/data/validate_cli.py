@@ -17,7 +17,8 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("uri", help="dataset root: a path or URI (s3://...)")
-    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS)")
     parser.add_argument("--check-only", action="store_true",
                         help="report only; change nothing")
     parser.add_argument("--max-text-tokens", type=int, default=None,
@@ -42,11 +43,15 @@ def run(args: argparse.Namespace) -> int:
         print("clipvg validate: error: --max-text-tokens and --threads must be >= 1",
               file=sys.stderr)
         return 2
+    from clipvg.data import storage
+
+    options = storage.options_from_config(None, endpoint_url=args.endpoint_url)
+    storage.check_access(args.uri, **options)
     try:
         report = validate_dataset(
             args.uri, apply=not args.check_only, max_text_tokens=args.max_text_tokens,
             decode_images=not args.no_decode, drop_duplicates=args.drop_duplicates,
-            threads=args.threads, endpoint_url=args.endpoint_url)
+            threads=args.threads, **options)
     except (FileNotFoundError, SchemaError) as exc:  # DatasetNotFoundError, a missing table
         line = " ".join(part.strip() for part in str(exc).splitlines())  # schema errors: 1 line
         print(f"clipvg validate: error: {line}", file=sys.stderr)
