@@ -9,6 +9,10 @@ A checkpoint folder holds
   back with ``torch.load(weights_only=True)``, so no code from the file can ever run);
 * ``config.yaml`` - the resolved run config (:func:`clipvg.config.save_config`), for humans and
   for reproducing the run;
+* ``rng_state.pt`` (optional, the local engine's) - the random number generators' states at
+  the end of the epoch (torch, Python, the data loader's shuffling, the augmentation), so a
+  resumed single-process run draws what an uninterrupted one would; read back with
+  ``weights_only=True`` like the optimizer state;
 * ``state.json`` - :class:`TrainState` plus the learning-rate schedule name and a format
   version. It is written **last**, so its presence marks a complete folder.
 
@@ -40,6 +44,7 @@ from clipvg.model.state_dict import short_list
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng_state.pt"
 RUN_CONFIG_FILE = "config.yaml"
 _META_KEYS = ("format_version", "schedule", "saved_at")  # state.json keys that are not TrainState
 
@@ -72,13 +77,18 @@ _FIELD_TYPES = {"epoch": (int,), "global_step": (int,), "samples_seen": (int,),
 
 # ------------------------------------------------------------------------------ save
 def save_training_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        state: TrainState, cfg: Config) -> Path:
+                        state: TrainState, cfg: Config, rng_state: dict | None = None) -> Path:
     """Write the checkpoint folder (created if needed) and return its path.
 
     ``model`` is the plain model (a DDP or ``torch.compile`` wrapper is unwrapped here too).
     Re-saving into an existing folder first removes its ``state.json``, so a crash half-way
-    never leaves an old "complete" marker next to new weights.
+    never leaves an old "complete" marker next to new weights. ``rng_state`` (tensors, numbers,
+    lists, dicts) goes to ``rng_state.pt``; without it an older ``rng_state.pt`` is removed.
+    ``folder`` is a local folder (a storage URI is refused: upload the folder instead).
     """
+    if "://" in str(folder):
+        raise CheckpointError(f"save_training_state writes a local folder, not {folder}: save "
+                              f"locally, then publish it (clipvg.data.storage.upload_folder)")
     folder = Path(folder)
     model = unwrap(model)
     if not hasattr(model, "config"):
@@ -88,6 +98,10 @@ def save_training_state(folder: str | Path, model: nn.Module, optimizer: torch.o
     (folder / STATE_FILE).unlink(missing_ok=True)
     export_model(model, folder)
     _atomic(folder / OPTIMIZER_FILE, lambda tmp: torch.save(optimizer.state_dict(), tmp))
+    if rng_state is not None:
+        _atomic(folder / RNG_FILE, lambda tmp: torch.save(rng_state, tmp))
+    else:
+        (folder / RNG_FILE).unlink(missing_ok=True)
     save_config(cfg, folder / RUN_CONFIG_FILE)
     record = dataclasses.asdict(state)
     record["data_position"] = {"seed": cfg.train.seed, **record["data_position"]}
@@ -120,6 +134,21 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------ load
+def read_rng_state(folder: str | Path) -> dict | None:
+    """``rng_state.pt`` of a checkpoint folder (None when the folder has none)."""
+    path = Path(folder) / RNG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"refusing {path}: it holds objects other than tensors, numbers and "
+                              f"containers, so nothing was unpickled ({str(e).splitlines()[0]})"
+                              ) from None
+    except Exception as e:
+        raise CheckpointError(f"{path} cannot be read as random-generator states: {e}") from None
+
+
 def read_state(folder: str | Path) -> TrainState:
     """The :class:`TrainState` of ``folder/state.json`` (no weights are read)."""
     return _parse_state(Path(folder))[0]

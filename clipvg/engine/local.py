@@ -2,9 +2,23 @@
 
 A small, readable loop over :func:`clipvg.engine.steps.train_step` and
 :func:`clipvg.engine.steps.evaluate` for laptops, tests and the demo. The cluster path
-(:mod:`clipvg.distributed`) reuses the same steps. Outputs under ``cfg.run_dir``:
-``config.yaml`` (resolved), ``metrics.jsonl`` (one line per logged step and per epoch),
-``best/`` and ``last/`` (``model.safetensors`` + ``model_config.json``), ``curve.png``.
+(:mod:`clipvg.distributed`) reuses the same steps. Outputs under ``cfg.run_dir`` - a local
+folder or a storage URI (``s3://...``, with the run's ``storage.*`` options):
+``config.yaml`` (resolved), ``metrics.jsonl`` and ``tensorboard/`` (one record per logged step
+and per epoch, :class:`~clipvg.engine.run_log.RunLog`), ``best/`` (model folder),
+``last/`` (the training state after the latest epoch: model, optimizer, schedule position,
+random-generator states; also a model folder) and ``history.json``.
+
+For a URI the loop works in a local cache folder (the TensorBoard writer appends to a real
+file, and checkpoints are written by torch to files) and publishes ``best/``, ``last/`` and the
+metrics to the run's storage after every epoch, so an interrupted run loses at most the epoch
+in progress. Nothing is ever written to a local path derived from a URI.
+
+A run folder that already holds results (``best/``, ``last/`` or ``history.json``) is never
+replaced silently: ``train.resume=true`` continues it from ``last/`` (the resumed run draws the
+data and dropout an uninterrupted one would), ``--overwrite`` starts it over, anything else is
+refused with a :class:`~clipvg.errors.UserError`. Ctrl-C ends with
+:class:`~clipvg.errors.InterruptedRun`, one line saying what was kept.
 """
 
 from __future__ import annotations
@@ -13,6 +27,8 @@ import json
 import logging
 import math
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +37,24 @@ import torch
 from tqdm.auto import tqdm
 
 from clipvg.config import Config, load_config, save_config
+from clipvg.data import storage
 from clipvg.data.batching import build_loader, ensure_dataset
 from clipvg.data.synthetic_baseline import world_baselines
+from clipvg.engine.checkpoint import (STATE_FILE, TrainState, load_training_state, read_rng_state,
+                                      save_training_state)
 from clipvg.engine.control import fmt_acc, shuffled_text_table
 from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, set_lr, train_step
+from clipvg.errors import InterruptedRun, UserError
 from clipvg.model import build_model, count_parameters, export_model
 
 log = logging.getLogger("clipvg.train")
+
+BEST, LAST, HISTORY = "best", "last", "history.json"
+# what makes a run folder "hold results" (a file of each, so object stores answer exactly)
+RESULT_FILES = {BEST: "best/model.safetensors", LAST: "last/model.safetensors", HISTORY: HISTORY}
+# what --overwrite removes (a run's own outputs; demo figures included), nothing else
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", BEST, LAST, HISTORY, "curve.png",
+               "predictions.png")
 
 
 @dataclass
@@ -51,12 +78,129 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainHistory:
+class RunFolder:
+    """The run folder ``run_dir``: worked on in place when it is a local path, else in a local
+    cache folder whose entries :meth:`publish` copies to storage."""
+
+    def __init__(self, run_dir: str, options: dict):
+        self.uri, self.options = run_dir, options
+        local = storage.local_path(run_dir)
+        self.remote = local is None
+        self.local = Path(local) if local is not None else Path(tempfile.mkdtemp(prefix="clipvg-run-"))
+
+    def exists(self, relative: str) -> bool:
+        return storage.exists(storage.join(self.uri, relative), **self.options)
+
+    def publish(self, name: str, *, last: tuple[str, ...] = ()) -> None:
+        """Copy the local ``name`` (a folder) to the run's storage (no-op in place)."""
+        if self.remote:
+            storage.upload_folder(self.local / name, storage.join(self.uri, name), last=last, **self.options)
+
+    def fetch(self, name: str) -> None:
+        """Copy the folder ``name`` from the run's storage into the cache (no-op in place)."""
+        if self.remote:
+            storage.download_folder(storage.join(self.uri, name), self.local / name, **self.options)
+
+    def write_text(self, name: str, text: str) -> None:
+        storage.write_bytes(text.encode("utf-8"), storage.join(self.uri, name), **self.options)
+
+    def close(self) -> None:
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+def prepare_run(cfg: Config, folder: RunFolder, overwrite: bool = False) -> bool:
+    """Whether the run continues from ``last/`` (True) or starts fresh (False), decided before
+    anything is written: results in the folder are continued with ``train.resume=true``,
+    removed with ``overwrite``, and otherwise refused (:class:`UserError`)."""
+    found = [name for name, path in RESULT_FILES.items() if folder.exists(path)]
+    checkpoint = folder.exists(f"{LAST}/{STATE_FILE}")
+    if cfg.train.resume and overwrite:
+        raise UserError("train.resume=true continues a run and --overwrite starts it over: give one")
+    if cfg.train.resume:
+        if checkpoint:
+            return True
+        what = (f" ({', '.join(found)} there, but no last/{STATE_FILE}: written by an older clipvg "
+                f"or another command; start another run with a new storage.run_name, or replace it "
+                f"with --overwrite)" if found else f" (last/{STATE_FILE})")
+        raise UserError(f"train.resume=true but {cfg.run_dir} has no checkpoint to continue from{what}")
+    if found:
+        if not overwrite:
+            raise UserError(f"{cfg.run_dir} already holds the results of a run ({', '.join(found)}): "
+                            f"continue it with train.resume=true, start another with a new "
+                            f"storage.run_name, or replace it with --overwrite")
+        for name in RUN_OUTPUTS:
+            uri = storage.join(folder.uri, name)
+            storage.remove_tree(uri, **folder.options)
+        log.info("--overwrite: removed the outputs of the earlier run in %s", cfg.run_dir)
+    return False
+
+
+def rng_state(train_loader) -> dict:
+    """The random generators a training epoch draws from (global torch and Python ones, the
+    loader's shuffling, the augmentation), as tensors, numbers and lists."""
+    transform_rng = getattr(getattr(train_loader.dataset, "transform", None), "rng", None)
+    generator = getattr(train_loader, "generator", None)
+    return {"torch": torch.get_rng_state(), "python": _py_state(random.getstate()),
+            "loader": generator.get_state() if generator is not None else None,
+            "transform": _py_state(transform_rng.getstate()) if transform_rng is not None else None}
+
+
+def restore_rng_state(state: dict | None, train_loader) -> bool:
+    """Undo :func:`rng_state`; False when there is nothing to restore (an older checkpoint)."""
+    if not state:
+        return False
+    torch.set_rng_state(state["torch"])
+    random.setstate(_py_tuple(state["python"]))
+    generator = getattr(train_loader, "generator", None)
+    if generator is not None and state.get("loader") is not None:
+        generator.set_state(state["loader"])
+    transform_rng = getattr(getattr(train_loader.dataset, "transform", None), "rng", None)
+    if transform_rng is not None and state.get("transform") is not None:
+        transform_rng.setstate(_py_tuple(state["transform"]))
+    return True
+
+
+def _py_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_tuple(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _interrupted(run_dir: str, where: str, state: TrainState) -> str:
+    if state.epoch == 0:
+        return (f"interrupted {where}; kept: nothing to resume in {run_dir} (no epoch finished; "
+                f"a rerun starts over)")
+    return (f"interrupted {where}; kept: {run_dir} last/ from epoch {state.epoch} "
+            f"(resume with train.resume=true)")
+
+
+def train_local(cfg: Config, progress: bool = True, *, overwrite: bool = False,
+                **storage_options) -> TrainHistory:
     """Train on ``cfg.data`` (the synthetic world by default) and evaluate every epoch.
-    ``cfg.run_dir`` is a local folder; the dataset may be anywhere (``storage_options``)."""
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+
+    ``cfg.run_dir`` and the dataset may be local or on any storage (options: the run's
+    ``storage.*``, updated by ``storage_options``). ``overwrite``: replace the results of an
+    earlier run in the folder instead of refusing (see :func:`prepare_run`)."""
+    options = {**storage.options_from_config(cfg.storage), **storage_options}
+    storage.check_access(cfg.run_dir, cfg.data.uri, **options)
+    folder = RunFolder(cfg.run_dir, options)
+    try:
+        return _train(cfg, folder, prepare_run(cfg, folder, overwrite), progress, options)
+    finally:
+        folder.close()
+
+
+def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options: dict) -> TrainHistory:
+    from clipvg.engine.run_log import RunLog
+
+    local = folder.local
+    local.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, storage.join(cfg.run_dir, "config.yaml"), **options)
     seed_everything(cfg.train.seed)
     data_uri = ensure_dataset(cfg)
 
@@ -64,50 +208,78 @@ def train_local(cfg: Config, progress: bool = True, **storage_options) -> TrainH
     total, trainable = count_parameters(model)
     log.info("model: %.2f M parameters, %.2f M trainable", total / 1e6, trainable / 1e6)
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
-    train_loader = build_loader(cfg, data_uri, cfg.data.train_split, train=True, **storage_options)
-    val_loader = build_loader(cfg, data_uri, cfg.data.val_split, train=False, **storage_options)
+    train_loader = build_loader(cfg, data_uri, cfg.data.train_split, train=True, **options)
+    val_loader = build_loader(cfg, data_uri, cfg.data.val_split, train=False, **options)
     steps_per_epoch = min(len(train_loader), cfg.train.max_steps_per_epoch or math.inf)
 
-    history = TrainHistory(run_dir=str(run_dir))
-    metrics_file = (run_dir / "metrics.jsonl").open("w")
-    step = 0
-    for epoch in range(cfg.train.epochs):
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        if hasattr(train_loader.dataset, "set_epoch"):  # fresh images: a new stream per epoch
-            train_loader.dataset.set_epoch(epoch)
-        bar = tqdm(limited(train_loader, cfg.train.max_steps_per_epoch), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True, leave=False)
-        for batch in bar:
-            factor = lr_factor(step, epoch, cfg.train.epochs, steps_per_epoch, cfg.train.schedule, cfg.train.warmup_steps)
-            set_lr(optimizer, cfg.train.lr * factor)
-            losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss)
-            n = len(batch["sample_id"])
-            seen, loss_sum, step = seen + n, loss_sum + losses["loss"] * n, step + 1
-            rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{losses['loss']:.3f}", sps=f"{rate:.0f}")
-            if step % cfg.train.log_every == 0:
-                _write(metrics_file, {"step": step, "epoch": epoch, "lr": cfg.train.lr * factor,
-                                      "samples_per_s": rate, **losses})
-        train_seconds = time.perf_counter() - t0
-        result = evaluate(model, val_loader)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_samples": seen,
-                  "train_seconds": train_seconds,
-                  "train_samples_per_s": seen / (time.perf_counter() - t0),
-                  "val": result.summary(), "elapsed_s": time.perf_counter() - t0}
-        history.epochs.append(record)
-        _write(metrics_file, record)
-        export_model(model, run_dir / "last")
-        if result.accuracy > history.best_acc:  # strictly better, as the official trainer
-            history.best_acc, history.best_epoch = result.accuracy, epoch + 1
-            export_model(model, run_dir / "best")
-        log.info("epoch %d: train loss %.4f, val Acc@0.5 %.4f (shuffled text %s) %s", epoch + 1,
-                 record["train_loss"], result.accuracy, fmt_acc(record["val"]["shuffled_text"]["acc"]),
-                 _fmt_types(result.meter.group_accuracy()))
-    metrics_file.close()
-    history.test = _evaluate_best(cfg, data_uri, run_dir, storage_options)
+    state = TrainState()
+    if resume:
+        folder.fetch(LAST)
+        folder.fetch(BEST)
+        state = load_training_state(local / LAST, model, optimizer, schedule=cfg.train.schedule)
+        exact = restore_rng_state(read_rng_state(local / LAST), train_loader)
+        log.info("resuming %s from last/: epoch %d done, step %d, best val Acc@0.5 %.4f (epoch %d)%s",
+                 cfg.run_dir, state.epoch, state.global_step, state.best_acc, state.best_epoch,
+                 "" if exact else " (no random-generator states saved: data order differs)")
+    history = TrainHistory(run_dir=cfg.run_dir if folder.remote else str(local),
+                           epochs=list(state.history), best_acc=state.best_acc, best_epoch=state.best_epoch)
+    run_log = RunLog(cfg.run_dir, local, options, resume_step=state.global_step if resume else None,
+                     resume_epoch=state.epoch if resume else None)
+    saved = state  # what last/ holds (on storage too)
+    step, epoch, step_in_epoch, where = state.global_step, state.epoch, 0, None
+    try:
+        for epoch in range(state.epoch, cfg.train.epochs):
+            t0, seen, loss_sum, step_in_epoch = time.perf_counter(), 0, 0.0, 0
+            if hasattr(train_loader.dataset, "set_epoch"):  # fresh images: a new stream per epoch
+                train_loader.dataset.set_epoch(epoch)
+            bar = tqdm(limited(train_loader, cfg.train.max_steps_per_epoch), total=steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True, leave=False)
+            for batch in bar:
+                factor = lr_factor(step, epoch, cfg.train.epochs, steps_per_epoch, cfg.train.schedule, cfg.train.warmup_steps)
+                set_lr(optimizer, cfg.train.lr * factor)
+                losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss)
+                n = len(batch["sample_id"])
+                seen, loss_sum, step, step_in_epoch = seen + n, loss_sum + losses["loss"] * n, step + 1, step_in_epoch + 1
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{losses['loss']:.3f}", sps=f"{rate:.0f}")
+                if step % cfg.train.log_every == 0:
+                    run_log.step({"step": step, "epoch": epoch, "lr": cfg.train.lr * factor,
+                                  "samples_per_s": rate, **losses})
+            train_seconds = time.perf_counter() - t0
+            where = f"at epoch {epoch + 1} step {step_in_epoch} (evaluating, saving)"
+            result = evaluate(model, val_loader)
+            record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
+                      "train_samples": seen, "train_seconds": train_seconds,
+                      "train_samples_per_s": seen / (time.perf_counter() - t0),
+                      "val": result.summary(), "elapsed_s": time.perf_counter() - t0}
+            history.epochs.append(record)
+            if result.accuracy > history.best_acc:  # strictly better, as the official trainer
+                history.best_acc, history.best_epoch = result.accuracy, epoch + 1
+                export_model(model, local / BEST)
+                folder.publish(BEST)
+            state = TrainState(epoch=epoch + 1, global_step=step, samples_seen=state.samples_seen + seen,
+                               best_acc=history.best_acc, best_epoch=history.best_epoch,
+                               history=list(history.epochs),
+                               data_position={"epoch": epoch + 1, "step_in_epoch": 0})
+            save_training_state(local / LAST, model, optimizer, state, cfg, rng_state=rng_state(train_loader))
+            folder.publish(LAST, last=(STATE_FILE,))
+            saved = state
+            run_log.epoch(record)
+            run_log.sync()
+            where = None
+            log.info("epoch %d: train loss %.4f, val Acc@0.5 %.4f (shuffled text %s) %s", epoch + 1,
+                     record["train_loss"], result.accuracy, fmt_acc(record["val"]["shuffled_text"]["acc"]),
+                     _fmt_types(result.meter.group_accuracy()))
+        where = "while testing the best model"
+        history.test = _evaluate_best(cfg, data_uri, local, options)
+    except KeyboardInterrupt:
+        run_log.abandon()
+        at = where or f"at epoch {epoch + 1} step {step_in_epoch}"
+        raise InterruptedRun(_interrupted(cfg.run_dir, at, saved)) from None
+    run_log.close()
     history.test_shuffled_text = shuffled_text_table(history.test)
     history.random_object_baseline = world_baselines(cfg.data)  # what a text-blind pick scores
-    (run_dir / "history.json").write_text(json.dumps(history.__dict__, indent=2))
+    folder.write_text(HISTORY, json.dumps(history.__dict__, indent=2))
     return history
 
 
@@ -129,9 +301,6 @@ def train_local_to_storage(cfg: Config, progress: bool = False) -> dict:
     Returns the history as :mod:`clipvg.distributed.trainer` writes it (``run_dir`` = the
     storage folder). A run interrupted before publishing starts over when run again."""
     import dataclasses
-    import tempfile
-
-    from clipvg.data import storage
 
     options = storage.options_from_config(cfg.storage)
     with tempfile.TemporaryDirectory(prefix="clipvg-trial-") as tmp:
@@ -147,24 +316,22 @@ def train_local_to_storage(cfg: Config, progress: bool = False) -> dict:
     return record
 
 
-def _write(handle, record: dict) -> None:
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
-
-
 def _fmt_types(per_type: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in per_type.items())
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML run config (default: built-in defaults)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results already under storage.root/storage.run_name "
+                             "(default: refuse; train.resume=true continues them)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config, args.overrides)
-    history = train_local(cfg)
+    history = train_local(cfg, overwrite=args.overwrite)
     for split, summary in history.test.items():
         print(f"held-out {split} Acc@0.5 = {summary['acc']:.4f} over {summary['total']} samples "
               f"(best epoch {history.best_epoch}) {_fmt_types(summary['per_type'])}; "

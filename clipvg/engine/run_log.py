@@ -146,6 +146,13 @@ class RunLog:
         self._closed = True
         self.sync()
 
+    def abandon(self) -> None:
+        """Close the local files without publishing (an interrupted run: what was published at
+        the last :meth:`sync` stays; a resumed run drops the records after its checkpoint)."""
+        if not self._closed:
+            self._writer.close()
+            self._closed = True
+
     def __enter__(self) -> RunLog:
         return self
 
