@@ -22,6 +22,12 @@ report          report.md, report.json and figures                              
 Every training is cached by what it trains on (``trials/<pool key>-e<epochs>``), so a pool
 tried by several searches trains once, and an interrupted training continues from its last
 checkpoint on the rerun.
+
+A rerun never replaces finished results silently: if a stage finished earlier with other
+settings (its manifest key differs), the run is refused before any stage runs, unless
+``--overwrite`` (then those stages, and everything after them, run again). The storage is
+checked first (a wrong endpoint fails at once, naming it), and Ctrl-C ends with one line
+naming the stages that were kept.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from clipvg.config import Config, PoolEntry, load_config, to_dict
 from clipvg.curriculum import schedulers
 from clipvg.curriculum.manifest import StageManifests, stage_key
 from clipvg.data import storage
+from clipvg.errors import InterruptedRun, UserError
 
 log = logging.getLogger("clipvg.pipeline")
 
@@ -71,9 +78,14 @@ class StoppedAfter(Exception):
 
 class Pipeline:
     """One pipeline run under ``storage.root/storage.run_name``; ``until`` = the last stage to
-    run (e.g. ``scores:template``: pseudo-labels, measurers and one scoring, nothing after)."""
+    run (e.g. ``scores:template``: pseudo-labels, measurers and one scoring, nothing after);
+    ``overwrite``: rerun stages that finished earlier with other settings instead of refusing."""
 
-    def __init__(self, cfg: Config, until: str | None = None):
+    def __init__(self, cfg: Config, until: str | None = None, overwrite: bool = False):
+        self.overwrite = overwrite
+        self.current: str | None = None
+        self._planning = False
+        storage.check_uri(cfg.storage.root)  # before resolve_paths could treat it as a path
         self.cfg = resolve_paths(cfg)
         self.run_dir = self.cfg.run_dir
         self.options = storage.options_from_config(self.cfg.storage)
@@ -105,6 +117,9 @@ class Pipeline:
         ins = {i: self.keys[i] for i in inputs}
         key = stage_key(name, config_part, ins)
         self.keys[name] = key
+        if self._planning:  # check_overwrite: keys only, nothing runs
+            return {}
+        self.current = name
         done = self.manifests.finished(name, key)
         if done is not None:
             print(f"[pipeline] {name}: finished earlier ({done['finished_at']}), skipped", flush=True)
@@ -150,10 +165,43 @@ class Pipeline:
     def run(self) -> dict:
         """Run (or skip) every stage; the report stage's outputs, or ``{"stopped_after": name}``
         when ``until`` stopped the run early."""
+        storage.check_access(self.run_dir, self.cfg.data.uri, **self.options)
+        self.check_overwrite()
         try:
             return self._run_stages()
         except StoppedAfter as stop:
             return {"stopped_after": str(stop)}
+        except KeyboardInterrupt:
+            kept = [*self.skipped, *self.ran]
+            what = (f"{len(kept)} finished stage(s) in {self.run_dir} ({', '.join(kept)})" if kept
+                    else f"no finished stage in {self.run_dir}")
+            raise InterruptedRun(f"interrupted in stage {self.current}; kept: {what} (rerun the "
+                                 f"same command to continue after them)") from None
+
+    def planned_keys(self) -> dict[str, str]:
+        """Every stage's key for this config, computed without running anything."""
+        self._planning = True
+        try:
+            self._run_stages()
+            return dict(self.keys)
+        finally:
+            self._planning, self.keys = False, {}
+
+    def check_overwrite(self) -> list[str]:
+        """The stages that finished earlier with other settings (a run would replace their
+        outputs): refused with a :class:`UserError` unless ``overwrite``."""
+        stale = []
+        for name, key in self.planned_keys().items():
+            uri = self.manifests.uri(name)
+            if storage.exists(uri, **self.options):
+                if storage.read_json(uri, **self.options).get("key") != key:
+                    stale.append(name)
+        if stale and not self.overwrite:
+            raise UserError(f"{self.run_dir} holds a pipeline run whose stage(s) {', '.join(stale)} "
+                            f"finished with other settings; a rerun would replace their outputs. "
+                            f"Continue it with the settings it ran with, start another with a new "
+                            f"storage.run_name, or replace them with --overwrite")
+        return stale
 
     def _run_stages(self) -> dict:
         c = self.cfg.curriculum
@@ -175,7 +223,7 @@ class Pipeline:
                            "measurer_selection": c.measurer_selection}, scores, self._msa)
         self.stage("finals", self._training_part(self.final_epochs), ["ssa", "msa", "measurers"], self._finals)
         self.stage("report", {"version": 1}, ["finals", "ssa", "msa", *scores, *pseudo], self._report)
-        return self.outputs["report"]
+        return self.outputs.get("report", {})  # absent only while planning
 
     # ---------------------------------------------------------------- stages
     def _world(self) -> dict:
@@ -319,6 +367,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_ray_arguments(parser)
     parser.add_argument("--until", default=None, metavar="STAGE",
                         help="stop after this stage (e.g. scores:template); a later run without it continues")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rerun stages that finished earlier with other settings (default: refuse)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=7 storage.root=/tmp/run")
 
 
@@ -332,7 +382,7 @@ def run(args) -> int:
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     init_ray(args.address, args.num_cpus, dashboard=True)  # Tune's nested trainers need it
     start = time.perf_counter()
-    pipeline = Pipeline(cfg, until=args.until)
+    pipeline = Pipeline(cfg, until=args.until, overwrite=args.overwrite)
     report = pipeline.run()
     print(f"\npipeline finished in {time.perf_counter() - start:.0f} s "
           f"(ran {len(pipeline.ran)} stages, skipped {len(pipeline.skipped)} finished ones)")

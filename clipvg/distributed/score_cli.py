@@ -9,6 +9,7 @@ local or on object storage. Writes the scores table (one row per sample, see
 :mod:`clipvg.curriculum.selection`) to ``--out`` with ``histogram.json`` and ``histogram.png``
 in the same folder, and prints the counts and the subset sizes at ``curriculum.thresholds``.
 Replicas: ``curriculum.scoring.actors`` (CPUs / GPUs / threads per actor next to it).
+Every URI goes through the run's ``storage.*`` (``storage.endpoint_url`` etc.).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     options = storage.options_from_config(cfg.storage)
+    # every URI of the command, before any work (a wrong endpoint fails at once, naming it)
+    storage.check_access(args.model, args.samples, args.out, cfg.storage.root, cfg.data.uri, **options)
     data_uri = ensure_dataset(cfg)
     samples = storage.read_table(args.samples, **options)
     measurer = args.measurer or default_measurer(args.model)

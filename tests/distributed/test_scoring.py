@@ -1,11 +1,11 @@
 """Reliability scoring on a Ray Data actor pool, through ``clipvg score`` in this process: every
 sample exactly once, the official IoU of an independent forward pass, the pixel <-> canvas round
 trip, unreadable images kept as null rows. One scoring pass for the module (actor start-up, i.e.
-importing torch and open_clip in two actors, is most of its ~30 s)."""
+importing torch and open_clip in two actors, is most of its ~30 s), with the measurer, the
+samples and the scores on S3 (moto) through ``storage.endpoint_url`` only."""
 
 import contextlib
 import io
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -117,14 +117,24 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scored(ray_local, setup):
-    """``clipvg score`` in this process (init_ray keeps the module's Ray): table + stdout."""
-    s, text = setup, io.StringIO()
-    with contextlib.redirect_stdout(text):
-        rc = main(["score", "--model", s["model_dir"], "--samples", s["samples_uri"], "--out", s["out"],
-                   *OVERRIDES, f"data.uri={s['root']}", f"storage.root={s['tmp']}"])
-    assert rc == 0
-    return storage.read_table(s["out"]), text.getvalue()
+def scored(ray_local, s3, setup):
+    """``clipvg score`` in this process (init_ray keeps the module's Ray): table + stdout.
+
+    The measurer, the samples table and the output are on S3 (moto), with the endpoint given by
+    ``storage.endpoint_url`` only: ``AWS_ENDPOINT_URL`` points at a trap (tests/storage_trap.py)
+    in this process while the command runs, and no connection may reach it."""
+    from storage_trap import trap
+
+    s, text, root = setup, io.StringIO(), s3.uri("score")
+    model, samples, s["out"] = f"{root}/measurer", f"{root}/samples", f"{root}/scores"
+    storage.upload_folder(s["model_dir"], model, **s3.options)
+    storage.write_table(s["samples"], samples, **s3.options)
+    with pytest.MonkeyPatch.context() as mp, trap(mp) as t, contextlib.redirect_stdout(text):
+        rc = main(["score", "--model", model, "--samples", samples, "--out", s["out"],
+                   *OVERRIDES, f"data.uri={s['root']}", f"storage.root={root}",
+                   f"storage.endpoint_url={s3.endpoint_url}"])
+    assert rc == 0 and t.connections == 0
+    return storage.read_table(s["out"], **s3.options), text.getvalue()
 
 
 def test_one_row_per_sample_in_input_order(setup, scored):
@@ -166,13 +176,13 @@ def test_unreadable_image_gives_null_rows_with_the_error(scored):
     assert all(BAD in e for e in bad.column("error").to_pylist())
 
 
-def test_cli_writes_histogram_and_prints_counts(setup, scored):
-    out = setup["out"]
-    record = json.loads(open(f"{out}/histogram.json").read())
+def test_cli_writes_histogram_and_prints_counts(setup, scored, s3):
+    out = setup["out"]  # on S3 (see scored)
+    record = storage.read_json(f"{out}/histogram.json", **s3.options)
     assert record["bins"] == 20 and record["null"] == PER_IMAGE and record["n"] == N
     assert sum(record["counts"]) + record["zero"] == N - PER_IMAGE
     assert record["measurer"] == "measurer" and record["source"] == "template"
-    assert open(f"{out}/histogram.png", "rb").read(4) == b"\x89PNG"
+    assert storage.read_bytes(f"{out}/histogram.png", **s3.options)[:4] == b"\x89PNG"
     text = scored[1]
     assert f"{N} samples: {N - PER_IMAGE} scored, {PER_IMAGE} unreadable" in text
     assert "subset sizes (r > h): 0: " in text and "histogram.png" in text
