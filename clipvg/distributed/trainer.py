@@ -241,7 +241,8 @@ def check_resources(cfg: Config) -> None:
                          f"{'can scale to' if autoscaling else 'has'} {_amount(capacity.get(k, 0))} {k}")
         raise UserError(f"this run cannot fit the cluster, it would wait forever: it asks for "
                         f"{'; '.join(parts)}. Lower scaling.num_workers / scaling.cpus_per_worker / "
-                        f"scaling.data_cpus (fractions are fine), or use a bigger cluster (--address)")
+                        f"scaling.data_cpus (fractions are fine), or use a bigger cluster (--address; "
+                        f"--num-cpus N declares N logical CPUs for the private local Ray)")
     if not autoscaling:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         if nodes and not any(all(node.get(k, 0) + 1e-9 >= v for k, v in worker.items()) for node in nodes):
@@ -329,7 +330,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
     cfg = load_config(args.config, args.overrides)
     from clipvg.distributed.local_ray import init_ray
 

@@ -329,7 +329,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
     cfg = load_config(args.config, args.overrides)
     history = train_local(cfg, overwrite=args.overwrite)
     for split, summary in history.test.items():
