@@ -17,6 +17,7 @@ from clipvg.config import Config, load_config
 from clipvg.data.batching import SampleTransform, ensure_dataset
 from clipvg.engine.local import train_local
 from clipvg.engine.metrics import eval_iou
+from clipvg.errors import UserError
 from clipvg.viz import plot_prediction_grid, plot_training_curve
 
 
@@ -51,14 +52,20 @@ def prediction_examples(cfg: Config, checkpoint: str | Path, n: int = 12, **stor
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", default="demo", help="YAML run config, or a packaged config's name (default: demo)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run folder that already holds results (default: refuse)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=7 storage.root=/tmp/run")
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config, args.overrides)
+    if "://" in cfg.storage.root and not cfg.storage.root.startswith("file://"):
+        # The figures are drawn into the run folder with matplotlib: a local folder only.
+        raise UserError(f"clipvg demo writes to a local folder; storage.root={cfg.storage.root} is "
+                        "a URI (use clipvg train-local or clipvg pipeline for object storage)")
     start = time.perf_counter()
-    history = train_local(cfg)
+    history = train_local(cfg, overwrite=args.overwrite)
     run_dir = Path(history.run_dir)
     curve = plot_training_curve(history.epochs, run_dir / "curve.png", title=f"demo (world seed {cfg.data.seed})")
     grid = plot_prediction_grid(prediction_examples(cfg, run_dir / "best"), run_dir / "predictions.png")

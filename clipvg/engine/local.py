@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from clipvg.config import Config, load_config, save_config
 from clipvg.data import storage
@@ -46,6 +45,7 @@ from clipvg.engine.control import fmt_acc, shuffled_text_table
 from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, set_lr, train_step
 from clipvg.errors import InterruptedRun, UserError
 from clipvg.model import build_model, count_parameters, export_model
+from clipvg.progress import progress as progress_bar
 
 log = logging.getLogger("clipvg.train")
 
@@ -232,8 +232,8 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
             t0, seen, loss_sum, step_in_epoch = time.perf_counter(), 0, 0.0, 0
             if hasattr(train_loader.dataset, "set_epoch"):  # fresh images: a new stream per epoch
                 train_loader.dataset.set_epoch(epoch)
-            bar = tqdm(limited(train_loader, cfg.train.max_steps_per_epoch), total=steps_per_epoch,
-                       desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True, leave=False)
+            bar = progress_bar(limited(train_loader, cfg.train.max_steps_per_epoch), total=steps_per_epoch,
+                               desc=f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=None if progress else False)
             for batch in bar:
                 factor = lr_factor(step, epoch, cfg.train.epochs, steps_per_epoch, cfg.train.schedule, cfg.train.warmup_steps)
                 set_lr(optimizer, cfg.train.lr * factor)

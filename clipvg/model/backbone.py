@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipvg.config import ModelConfig
+from clipvg.errors import UserError
 from clipvg.model.state_dict import short_list, strip_module_prefix
 
 # CLIP state_dict entries that CLIP-VG never uses; a weights file may carry them (ignored).
@@ -41,8 +42,8 @@ _META_KEYS = ("input_resolution", "context_length", "vocab_size")
 _BLOCK_KEY = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.")
 
 
-class WeightsLoadError(ValueError):
-    """A CLIP weights file cannot be read or does not fit the towers."""
+class WeightsLoadError(UserError, ValueError):
+    """A CLIP weights file cannot be read or does not fit the towers (bad input: one line)."""
 
 
 def default_taps(num_blocks: int) -> list[int]:
