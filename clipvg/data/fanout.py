@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from clipvg.config import AugmentConfig, Config
 from clipvg.data.text import prepare_text, tokenize
@@ -145,7 +145,10 @@ def decode(data: bytes) -> Image.Image:
 
     An image that is RGB already is returned as decoded, without ``convert``'s copy.
     """
-    im = Image.open(io.BytesIO(data))
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # PIL's message names "<_io.BytesIO object at 0x...>"
+        raise UnidentifiedImageError(f"not an image format PIL can identify ({len(data)} bytes)") from None
     im.load()
     return im if im.mode == "RGB" else im.convert("RGB")
 

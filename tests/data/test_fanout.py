@@ -99,3 +99,9 @@ def test_decode_gives_rgb_and_fails_on_a_truncated_file():
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)).save(data, "JPEG")
     with pytest.raises(OSError):
         decode(data.getvalue()[: len(data.getvalue()) // 2])
+
+
+def test_decode_error_of_unknown_bytes_names_no_file_object():
+    with pytest.raises(OSError) as err:
+        decode(b"not an image")
+    assert "object at 0x" not in str(err.value) and "12 bytes" in str(err.value)
