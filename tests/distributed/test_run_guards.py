@@ -15,25 +15,14 @@ from clipvg.config import load_config
 from clipvg.data import storage
 from clipvg.distributed import pipeline as pipeline_mod
 from clipvg.distributed import trainer
-from clipvg.errors import InterruptedRun, UserError
+from clipvg.errors import UserError
+from interrupts import interrupted
 from storage_trap import keys, mangled_paths, trap
 from tiny_train import TINY_TRAIN
 
 
 def tiny(root, *extra):
     return load_config(None, [*TINY_TRAIN, f"storage.root={root}", "storage.run_name=r", *extra])
-
-
-def interrupted(call, *args, **kwargs) -> str:
-    """The InterruptedRun message of ``call(...)``; a KeyboardInterrupt that escapes fails the
-    test instead of stopping pytest."""
-    try:
-        call(*args, **kwargs)
-    except KeyboardInterrupt:
-        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt")
-    except InterruptedRun as e:
-        return str(e)
-    pytest.fail("no InterruptedRun")
 
 
 class Stopped:

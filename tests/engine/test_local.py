@@ -13,8 +13,9 @@ from clipvg.engine import local, steps
 from clipvg.engine.checkpoint import read_state
 from clipvg.engine.local import train_local
 from clipvg.engine.run_log import read_metrics
-from clipvg.errors import InterruptedRun, UserError
+from clipvg.errors import UserError
 from clipvg.model import load_model
+from interrupts import interrupted
 from storage_trap import keys, mangled_paths, trap
 
 
@@ -54,18 +55,6 @@ class Interrupt:
         if self.calls == self.at:
             raise KeyboardInterrupt
         return steps.train_step(*args, **kwargs)
-
-
-def interrupted(call, *args, **kwargs) -> str:
-    """The InterruptedRun message of ``call(...)``; a KeyboardInterrupt that escapes (what the
-    user saw as a 76-line traceback) fails the test instead of stopping pytest."""
-    try:
-        call(*args, **kwargs)
-    except KeyboardInterrupt:
-        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt")
-    except InterruptedRun as e:
-        return str(e)
-    pytest.fail("no InterruptedRun")
 
 
 def weights(folder):
