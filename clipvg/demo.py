@@ -59,7 +59,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, launcher="train-local")
     if "://" in cfg.storage.root and not cfg.storage.root.startswith("file://"):
         # The figures are drawn into the run folder with matplotlib: a local folder only.
         raise UserError(f"clipvg demo writes to a local folder; storage.root={cfg.storage.root} is "

@@ -77,3 +77,132 @@ def test_saved_config_loads_back_identically(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_committed_configs_validate(path):
     load_config(path)
+
+
+# ---------------------------------------------------------------- no key outside the schema
+
+
+def test_scoring_full_bf16_is_a_schema_key_read_by_the_scorer(monkeypatch):
+    cfg = load_config(None, ["curriculum.scoring.full_bf16=true"])
+    assert cfg.curriculum.scoring.full_bf16 is True and Config().curriculum.scoring.full_bf16 is False
+    with pytest.raises(ConfigError, match="full_bf16: expected bool"):
+        load_config(None, ["curriculum.scoring.full_bf16=3"])
+    # the scoring actor pool gets it (not a getattr default that can never be set)
+    from clipvg.distributed import inference
+
+    seen = {}
+
+    class FakeDataset:
+        def map_batches(self, fn, fn_constructor_kwargs, **kw):
+            seen.update(fn_constructor_kwargs)
+            return self
+
+    class FakePlan:
+        num_images, root = 4, "unused"
+        samples = __import__("pyarrow").table({"image_id": ["a"]})
+
+        def index(self):
+            return type("I", (), {"sample_ids": ["s"]})()
+
+    monkeypatch.setattr("clipvg.distributed.streaming.build_dataset", lambda *a, **k: FakeDataset())
+    monkeypatch.setattr(inference, "image_sizes", lambda *a, **k: {})
+    spec = type("Spec", (), {"size": 64})()
+    inference.model_dataset(FakePlan(), spec, cfg, "model", cfg.curriculum.scoring)
+    assert seen["autocast"] is True
+
+
+def test_no_config_read_bypasses_the_schema():
+    import re
+
+    pattern = re.compile(r"getattr\((\w*cfg|sc|pool|storage_cfg)\b")
+    found = [f"{p.relative_to(REPO)}:{n}" for p in (REPO / "clipvg").rglob("*.py")
+             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, found
+
+
+def test_generator_options_are_typed_and_validated_at_load():
+    cfg = load_config("demo")  # the demo's options load unchanged
+    assert cfg.curriculum.generators == {"template": {"min_area_frac": 0.0039},
+                                         "caption": {"min_area_frac": 0.0039}}
+    cfg = load_config(None, ["curriculum.generators={template: {top_n: 2, min_area_frac: 1e-3}}"])
+    assert cfg.curriculum.generators == {"template": {"top_n": 2, "min_area_frac": 0.001}}  # only the given
+    with pytest.raises(ConfigError, match=r"'curriculum.generators.template.min_area_fracc'.*accepts: "
+                                          r"dup_iou, max_per_image, min_area_frac, top_n"):
+        load_config(None, ["curriculum.generators={template: {min_area_fracc: 0.01}}"])
+    with pytest.raises(ConfigError, match=r"curriculum.generators.relation.top_k: expected int"):
+        load_config(None, ["curriculum.generators={relation: {top_k: many}}"])
+    with pytest.raises(ConfigError, match=r"curriculum.generators.caption.min_area_frac: 2.0 must be in"):
+        load_config(None, ["curriculum.generators={caption: {min_area_frac: 2}}"])
+    with pytest.raises(ConfigError, match=r"curriculum.generators.captions: unknown source 'captions' "
+                                          r"\(known: caption, relation, template\)"):
+        load_config(None, ["curriculum.generators={captions: {}}"])
+    with pytest.raises(ConfigError, match=r"curriculum.sources\[1\]: unknown source 'relaton' "
+                                          r"\(known: caption, relation, template\)"):
+        load_config(None, ["curriculum.sources=[template, relaton]"])
+
+
+def test_generator_option_schema_matches_the_generators():
+    """config.py cannot import clipvg.pseudo (it sits below it), so its option dataclasses and
+    the generators' own defaults are checked against each other here."""
+    import dataclasses
+
+    from clipvg.config import GENERATOR_OPTIONS
+    from clipvg.pseudo.generate import GENERATORS, resolve_options
+
+    assert set(GENERATOR_OPTIONS) == set(GENERATORS)
+    for name, options in GENERATOR_OPTIONS.items():
+        typed = dataclasses.asdict(options())
+        code_only = {k for k in GENERATORS[name].defaults if k not in typed}  # not YAML: callables
+        assert code_only <= {"head_noun"}, (name, code_only)
+        assert {k: v for k, v in GENERATORS[name].defaults.items() if k in typed} == typed, name
+        assert resolve_options(name, typed)  # every typed option is one the generator takes
+
+
+def test_asha_needs_the_ray_train_launcher():
+    load_config(None, ["curriculum.early_stopping=asha"])  # ray_train is the default
+    with pytest.raises(ConfigError, match="curriculum.early_stopping: asha needs curriculum.launcher=ray_train"):
+        load_config(None, ["curriculum.early_stopping=asha", "curriculum.launcher=in_trial"])
+
+
+def test_two_key_rules_at_load_time():
+    with pytest.raises(ConfigError, match=r"data.fresh_train_images: needs the synthetic world \(data.uri: null\)"):
+        load_config(None, ["data.fresh_train_images=true", "data.uri=/data/refcoco"])
+    with pytest.raises(ConfigError, match="model.fusion.d_model: 100 is not divisible by model.fusion.heads 8"):
+        load_config(None, ["model.fusion.d_model=100"])
+    with pytest.raises(ConfigError, match="model.pretrained: 'openai' needs model.arch to be an open_clip model name"):
+        load_config(None, ["model.arch={embed_dim: 64, vision_cfg: {layers: 2}, text_cfg: {layers: 2}}",
+                           "model.pretrained=openai"])
+    with pytest.raises(ConfigError, match=r"model.taps: \[1, 3, 5\]: the similarity prior .* last block \(11\)"):
+        load_config(None, ["model.text_conditioning.similarity_prior=true", "model.taps=[1, 3, 5]"])
+
+
+@pytest.mark.parametrize("launcher, overrides, message", [
+    ("ray_train", ["train.samples_per_epoch=100"], "train.samples_per_epoch: supported by the single-process engine"),
+    ("ray_train", ["data.fresh_train_images=true"], "data.fresh_train_images: supported by clipvg train-local only"),
+    ("pipeline", ["train.samples_per_epoch=100"], "train.samples_per_epoch: .*curriculum.launcher=ray_train"),
+    ("pipeline", ["data.fresh_train_images=true", "curriculum.launcher=in_trial"],
+     "data.fresh_train_images: supported by clipvg train-local only"),
+])
+def test_what_a_launcher_cannot_honour_is_refused_at_load(launcher, overrides, message):
+    load_config(None, overrides)  # fine for train-local, the default reading
+    load_config(None, overrides, launcher="train-local")
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides, launcher=launcher)
+
+
+def test_launchers_refuse_before_any_work(tmp_path):
+    """Configs built in code get the same check from the launchers themselves."""
+    import dataclasses
+
+    from clipvg.distributed.trainer import resolve_config, train
+    from clipvg.engine.local import train_local
+
+    cfg = load_config(None, [f"storage.root={tmp_path}", "train.samples_per_epoch=10"])
+    with pytest.raises(ConfigError, match="train.samples_per_epoch"):
+        resolve_config(cfg)
+    with pytest.raises(ConfigError, match="train.samples_per_epoch"):
+        train(cfg)
+    fresh = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fresh_train_images=True, uri=str(tmp_path)))
+    with pytest.raises(ConfigError, match="data.fresh_train_images: needs the synthetic world"):
+        train_local(fresh)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -87,9 +87,7 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
         raise ValueError(f"split {split!r} of {uri} has no samples")
     expr_types = {r.sample_id: r.expr_type for r in dataset.records}
     image_ids = {r.sample_id: r.image_id for r in dataset.records}
-    if train and cfg.data.fresh_train_images:
-        if cfg.data.uri is not None:
-            raise ValueError("data.fresh_train_images needs the synthetic world (data.uri: null)")
+    if train and cfg.data.fresh_train_images:  # with data.uri null: checked by clipvg.config
         from clipvg.data.fresh import FreshWorld
 
         dataset = FreshWorld(cfg.data.synth, cfg.data.seed, transform, epoch_samples=len(dataset),

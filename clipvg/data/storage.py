@@ -61,8 +61,9 @@ def options_from_config(storage_cfg: Any = None, *, endpoint_url: str | None = N
     given) in place of ``storage.endpoint_url``. Unset options are left to the standard chain
     (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ``~/.aws``), which every client here honours
     too. This is the one resolution of ``storage.*``: every entry point uses it."""
-    options = {k: getattr(storage_cfg, k, None) for k in S3_OPTIONS
-               if getattr(storage_cfg, k, None) is not None}
+    given = {} if storage_cfg is None else {"endpoint_url": storage_cfg.endpoint_url,
+                                            "region": storage_cfg.region, "profile": storage_cfg.profile}
+    options = {k: v for k, v in given.items() if v is not None}
     if endpoint_url:
         options["endpoint_url"] = endpoint_url
     return options

@@ -89,8 +89,9 @@ def canvas_batches(uri: str, samples: pa.Table, cfg: Config, canvases: int) -> t
 
 
 def replica_rate(cfg: Config, model_dir: str, batches: list[dict], sample_ids: list[str], sizes: dict,
-                 device: str, passes: int = 3, warmup: int = 2, autocast: bool = False) -> dict:
-    """samples/s of one scorer replica in this process (see module doc)."""
+                 device: str, passes: int = 3, warmup: int = 2, autocast: bool | None = None) -> dict:
+    """samples/s of one scorer replica in this process (see module doc). ``autocast``: bf16 over
+    the whole forward; None = ``curriculum.scoring.full_bf16``, as ``clipvg score`` does."""
     import torch
 
     from clipvg.engine.precision import resolve_precision
@@ -100,7 +101,7 @@ def replica_rate(cfg: Config, model_dir: str, batches: list[dict], sample_ids: l
     scorer = ReliabilityScorer(model_dir, sample_ids, sizes, size=cfg.model.image_size,
                                normalize=cfg.data.augment.normalize, batch_size=cfg.curriculum.scoring.batch_size,
                                device=device, precision=cfg.train.precision, threads=threads,
-                               autocast=autocast)
+                               autocast=cfg.curriculum.scoring.full_bf16 if autocast is None else autocast)
     for batch in batches[:warmup]:
         scorer(batch)
     best, samples = float("inf"), int(sum(b["ok"].sum() for b in batches))

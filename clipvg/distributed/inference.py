@@ -100,7 +100,7 @@ def model_dataset(plan, spec: FanOutSpec, cfg: Config, model_dir: str, pool: Sco
                   size=spec.size, normalize=cfg.data.augment.normalize, batch_size=pool.batch_size,
                   device="cuda" if pool.gpus_per_actor > 0 else "cpu", precision=cfg.train.precision,
                   threads=pool.threads_per_actor, storage_options=storage_options,
-                  autocast=bool(getattr(pool, "full_bf16", False)))  # opt-in, see ReliabilityScorer
+                  autocast=pool.full_bf16)  # opt-in, see ReliabilityScorer
     return canvases.map_batches(
         Scorer, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=pool.actors),
         num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor or None, batch_size=pool.batch_size,

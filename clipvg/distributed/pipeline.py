@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from clipvg.config import Config, PoolEntry, load_config, to_dict
+from clipvg.config import Config, PoolEntry, check_launcher, load_config, to_dict
 from clipvg.curriculum import schedulers
 from clipvg.curriculum.manifest import StageManifests, stage_key
 from clipvg.data import storage
@@ -85,6 +85,7 @@ class Pipeline:
         self.overwrite = overwrite
         self.current: str | None = None
         self._planning = False
+        check_launcher(cfg, "pipeline")
         storage.check_uri(cfg.storage.root)  # before resolve_paths could treat it as a path
         self.cfg = resolve_paths(cfg)
         self.run_dir = self.cfg.run_dir
@@ -375,7 +376,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, launcher="pipeline")
     from clipvg.distributed.local_ray import init_ray
 
     # Ctrl-C stops the pipeline at once (a rerun continues it). Tune's own handler would end

@@ -43,7 +43,7 @@ import sys
 import threading
 from pathlib import Path
 
-from clipvg.config import Config, ConfigError, load_config
+from clipvg.config import Config, ConfigError, check_launcher, load_config
 from clipvg.data import storage
 from clipvg.errors import InterruptedRun, UserError
 
@@ -61,9 +61,7 @@ def absolute_root(cfg: Config) -> Config:
 def resolve_config(cfg: Config) -> Config:
     """Local paths made absolute (Ray Train needs an absolute storage path; workers may run
     elsewhere), and ``data.uri`` set to the dataset the run uses."""
-    if cfg.train.samples_per_epoch is not None:
-        raise ConfigError("train.samples_per_epoch is supported by the single-process engine only "
-                          "(clipvg train-local, curriculum.launcher=in_trial); Ray Train runs one pass per epoch")
+    check_launcher(cfg, "ray_train")
     cfg = absolute_root(cfg)
     from clipvg.data.batching import ensure_dataset
 
@@ -298,6 +296,7 @@ def train(cfg: Config, callbacks: list | None = None, *, overwrite: bool = False
     # Workers keep the job's working directory (relative paths such as model.weights resolve
     # the same on every node) instead of Ray Train's per-run folder.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    check_launcher(cfg, "ray_train")
     options = storage.options_from_config(cfg.storage)
     storage.check_access(cfg.storage.root, cfg.data.uri, **options)
     cfg = absolute_root(cfg)
@@ -332,7 +331,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, launcher="ray_train")
     from clipvg.distributed.local_ray import init_ray
 
     init_ray(args.address, args.num_cpus)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from clipvg.config import Config, load_config, save_config
+from clipvg.config import Config, check_launcher, load_config, save_config
 from clipvg.data import storage
 from clipvg.data.batching import build_loader, ensure_dataset
 from clipvg.data.synthetic_baseline import world_baselines
@@ -188,6 +188,7 @@ def train_local(cfg: Config, progress: bool = True, *, overwrite: bool = False,
     earlier run in the folder instead of refusing (see :func:`prepare_run`)."""
     options = {**storage.options_from_config(cfg.storage), **storage_options}
     storage.check_access(cfg.run_dir, cfg.data.uri, **options)
+    check_launcher(cfg, "train-local")
     folder = RunFolder(cfg.run_dir, options)
     try:
         return _train(cfg, folder, prepare_run(cfg, folder, overwrite), progress, options)
@@ -331,7 +332,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, launcher="train-local")
     history = train_local(cfg, overwrite=args.overwrite)
     for split, summary in history.test.items():
         print(f"held-out {split} Acc@0.5 = {summary['acc']:.4f} over {summary['total']} samples "
