@@ -34,7 +34,8 @@ from clipvg.distributed.streaming import StreamPlan, StreamReport, build_dataset
 from clipvg.engine.checkpoint import TrainState, load_training_state, save_training_state
 from clipvg.engine.control import control_summary, fmt_acc, shuffled_text_table
 from clipvg.engine.metrics import AccuracyMeter
-from clipvg.engine.steps import build_optimizer, evaluate, lr_factor, set_lr, train_step
+from clipvg.engine.loop import build_training, end_epoch
+from clipvg.engine.steps import evaluate, lr_factor, set_lr, train_step
 
 log = logging.getLogger("clipvg.train")
 BEST = "best"
@@ -82,11 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
         train = _train_epoch(model, optimizer, job, ctx, epoch, state, run_log)
         val = _evaluate(raw_model, job, cfg.data.val_split, ctx)
         record = {"epoch": epoch + 1, "step": state.global_step, **train, "val": val}
-        improved = val["acc"] > state.best_acc  # strictly better, as the official trainer
-        if improved:
-            state.best_acc, state.best_epoch = val["acc"], epoch + 1
-        state.epoch, state.history = epoch + 1, [*state.history, record]
-        state.data_position = {"epoch": epoch + 1, "step_in_epoch": 0, "seed": cfg.train.seed}
+        improved = end_epoch(state, record)  # as every launcher (engine.loop)
         _report_epoch(cfg, job, raw_model, optimizer, state, record, improved, ctx, run_log)
     test = _test_best(cfg, job, raw_model, ctx)
     if ctx.is_chief:
@@ -119,13 +116,8 @@ def _configure_data() -> None:
 
 
 def _build(cfg: Config, ctx: Ctx):
-    from clipvg.engine.precision import apply_precision
-    from clipvg.model import build_model
-
-    raw_model = build_model(cfg.model).to(ctx.device)
-    apply_precision(raw_model, cfg.train.precision, ctx.device)
+    raw_model, optimizer = build_training(cfg, ctx.device)  # as every launcher (train.precision)
     model = ray.train.torch.prepare_model(raw_model) if ctx.world > 1 else raw_model
-    optimizer = build_optimizer(raw_model, cfg.train.lr, cfg.train.weight_decay)
     return model, raw_model, optimizer
 
 

@@ -23,6 +23,7 @@ refused with a :class:`~clipvg.errors.UserError`. Ctrl-C ends with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -42,9 +43,10 @@ from clipvg.data.synthetic_baseline import world_baselines
 from clipvg.engine.checkpoint import (STATE_FILE, TrainState, load_training_state, read_rng_state,
                                       save_training_state)
 from clipvg.engine.control import fmt_acc, shuffled_text_table
-from clipvg.engine.steps import build_optimizer, evaluate, limited, lr_factor, set_lr, train_step
+from clipvg.engine.loop import build_training, end_epoch, under_policy
+from clipvg.engine.steps import evaluate, limited, lr_factor, set_lr, train_step
 from clipvg.errors import InterruptedRun, UserError
-from clipvg.model import build_model, count_parameters, export_model
+from clipvg.model import count_parameters, export_model
 from clipvg.progress import progress as progress_bar
 
 log = logging.getLogger("clipvg.train")
@@ -186,9 +188,9 @@ def train_local(cfg: Config, progress: bool = True, *, overwrite: bool = False,
     ``cfg.run_dir`` and the dataset may be local or on any storage (options: the run's
     ``storage.*``, updated by ``storage_options``). ``overwrite``: replace the results of an
     earlier run in the folder instead of refusing (see :func:`prepare_run`)."""
+    check_launcher(cfg, "train-local")
     options = {**storage.options_from_config(cfg.storage), **storage_options}
     storage.check_access(cfg.run_dir, cfg.data.uri, **options)
-    check_launcher(cfg, "train-local")
     folder = RunFolder(cfg.run_dir, options)
     try:
         return _train(cfg, folder, prepare_run(cfg, folder, overwrite), progress, options)
@@ -205,10 +207,9 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
     seed_everything(cfg.train.seed)
     data_uri = ensure_dataset(cfg)
 
-    model = build_model(cfg.model)
+    model, optimizer = build_training(cfg)  # as every launcher: train.precision applied
     total, trainable = count_parameters(model)
     log.info("model: %.2f M parameters, %.2f M trainable", total / 1e6, trainable / 1e6)
-    optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     train_loader = build_loader(cfg, data_uri, cfg.data.train_split, train=True, **options)
     val_loader = build_loader(cfg, data_uri, cfg.data.val_split, train=False, **options)
     steps_per_epoch = min(len(train_loader), cfg.train.max_steps_per_epoch or math.inf)
@@ -253,15 +254,14 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
                       "train_samples": seen, "train_seconds": train_seconds,
                       "train_samples_per_s": seen / (time.perf_counter() - t0),
                       "val": result.summary(), "elapsed_s": time.perf_counter() - t0}
+            # a new state object: ``saved`` keeps what last/ holds until it is written
+            state = dataclasses.replace(state, global_step=step, samples_seen=state.samples_seen + seen)
+            improved = end_epoch(state, record)
             history.epochs.append(record)
-            if result.accuracy > history.best_acc:  # strictly better, as the official trainer
-                history.best_acc, history.best_epoch = result.accuracy, epoch + 1
+            history.best_acc, history.best_epoch = state.best_acc, state.best_epoch
+            if improved:
                 export_model(model, local / BEST)
                 folder.publish(BEST)
-            state = TrainState(epoch=epoch + 1, global_step=step, samples_seen=state.samples_seen + seen,
-                               best_acc=history.best_acc, best_epoch=history.best_epoch,
-                               history=list(history.epochs),
-                               data_position={"epoch": epoch + 1, "step_in_epoch": 0})
             save_training_state(local / LAST, model, optimizer, state, cfg, rng_state=rng_state(train_loader))
             folder.publish(LAST, last=(STATE_FILE,))
             saved = state
@@ -288,7 +288,7 @@ def _evaluate_best(cfg: Config, data_uri: str, run_dir: Path, storage_options: d
     """Held-out accuracy of the best checkpoint on every test split."""
     from clipvg.model import load_model
 
-    best = load_model(run_dir / "best")
+    best = under_policy(load_model(run_dir / "best"), cfg)  # tested as it was validated
     out = {}
     for split in cfg.data.test_splits:
         loader = build_loader(cfg, data_uri, split, train=False, **storage_options)
