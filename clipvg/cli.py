@@ -22,7 +22,7 @@ from clipvg.errors import InterruptedRun, UserError
 
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("clipvg.data.synthetic_cli", "write the synthetic grounding world to a URI"),
+    "synth": ("clipvg.sources.synthetic.cli", "write the synthetic grounding world to a URI"),
     "train": ("clipvg.distributed.trainer", "train CLIP-VG on Ray Train (DDP workers, checkpoints on storage)"),
     "pipeline": ("clipvg.distributed.pipeline", "the unsupervised method end to end: pseudo-labels, measurers, scoring, SSA/MSA with Ray Tune, report"),
     "train-local": ("clipvg.engine.local", "train CLIP-VG in this process (no Ray)"),
@@ -32,11 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("clipvg.compare", "runs side by side: accuracy table and learning curves per expression type"),
     "convert-official": ("clipvg.model.convert_cli", "convert an official CLIP-VG checkpoint"),
     "pretrain-towers": ("clipvg.pretrain.cli", "pre-train tiny CLIP towers on synthetic scenes"),
-    "benchmark": ("clipvg.distributed.benchmark_cli", "measure throughput (data streaming, training); JSON + Markdown"),
+    "benchmark": ("clipvg.bench.cli", "measure throughput (data streaming, training); JSON + Markdown"),
     "demo": ("clipvg.demo", "the embedded demo: synthetic world, training, report"),
     "validate": ("clipvg.data.validate_cli", "check a dataset's rows; quarantine bad ones"),
-    "import-official": ("clipvg.data.official_cli", "import official CLIP-VG split files (.pth)"),
-    "export-official": ("clipvg.data.official_cli", "export a split as an official .pth file"),
+    "import-official": ("clipvg.sources.official.cli", "import official CLIP-VG split files (.pth)"),
+    "export-official": ("clipvg.sources.official.cli", "export a split as an official .pth file"),
 }
 
 

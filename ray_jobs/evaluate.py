@@ -18,6 +18,6 @@ import sys
 if __name__ == "__main__":
     os.environ.setdefault("RAY_ADDRESS", "auto")
 
-    from clipvg.distributed.evaluate_cli import main
+    from clipvg.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -16,6 +16,6 @@ import sys
 if __name__ == "__main__":
     os.environ.setdefault("RAY_ADDRESS", "auto")
 
-    from clipvg.distributed.pipeline import main
+    from clipvg.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["pipeline", *sys.argv[1:]]))

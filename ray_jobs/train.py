@@ -3,7 +3,7 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python ray_jobs/train.py --config configs/demo.yaml train.epochs=1
 
-Arguments are those of :func:`clipvg.distributed.trainer.main`: ``--config CFG`` and dotted
+Arguments are those of ``clipvg train``: ``--config CFG`` and dotted
 overrides (``storage.root=s3://bucket/runs storage.run_name=try1 scaling.num_workers=4``).
 It joins the cluster the job runs on: under ``ray job submit`` Ray sets ``RAY_ADDRESS`` for the
 entrypoint; run by hand on a node of a cluster, ``RAY_ADDRESS=auto`` makes ``ray.init()`` join
@@ -17,6 +17,6 @@ import sys
 if __name__ == "__main__":
     os.environ.setdefault("RAY_ADDRESS", "auto")
 
-    from clipvg.distributed.trainer import main
+    from clipvg.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["train", *sys.argv[1:]]))

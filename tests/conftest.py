@@ -26,14 +26,17 @@ from s3_server import S3Server, start as start_s3
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+# The test folders whose tests share the session's Ray (``ray_local``) or its clusters: one
+# xdist worker runs them all (pytest_xdist_make_scheduler).
+RAY_TEST_FOLDERS = ("tests/distributed/", "tests/bench/")
 OFFICIAL_TINY = REPO / "tests" / "fixtures" / "clipvg_official" / "tiny"
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """``make test`` runs two pytest-xdist workers: every test of tests/distributed/ in one of
-    them, in file order (they share the session's Ray instance, heads and clusters, and two
-    in-process Rays would collide on Ray's fixed ports), every other test wherever a worker is
-    free. (xdist's own ``--dist loadgroup`` marks do not take with pytest 9.2: xdist 3.8 renames
+    """``make test`` runs two pytest-xdist workers: every test of tests/distributed/ and
+    tests/bench/ in one of them, in file order (they share the session's Ray instance, heads and
+    clusters, and two in-process Rays would collide on Ray's fixed ports), every other test
+    wherever a worker is free. (xdist's own ``--dist loadgroup`` marks do not take with pytest 9.2: xdist 3.8 renames
     the items through a ``_nodeid`` attribute that pytest no longer reads.)
 
     Measured: running the node-loss tests (whose cluster is a subprocess of its own) in the
@@ -42,7 +45,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class RayTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "tests/distributed" if nodeid.startswith("tests/distributed/") else nodeid
+            return "ray" if nodeid.startswith(RAY_TEST_FOLDERS) else nodeid
 
     return RayTestsTogether(config, log)
 
@@ -91,3 +94,22 @@ def s3() -> S3Server:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3, short_tmp):
+    """The session's one local Ray (start-up costs seconds), for tests/distributed/ and
+    tests/bench/; started after ``s3``, so its workers inherit the loopback S3 endpoint."""
+    import ray
+
+    temp = short_tmp / "ray"
+    # the dashboard: Tune runs of nested TorchTrainers hang without it (docs/platform notes)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, _node_ip_address="127.0.0.1",
+             _temp_dir=str(temp), configure_logging=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -2,7 +2,7 @@
 test_job_submit.py): split files in the three tuple layouts of the official code, images, and
 the committed official fixture checkpoint converted with ``convert-official``.
 
-Layouts (``clipvg.data.official``): the COCO family (``unc``) stores
+Layouts (``clipvg.sources.official.importer``): the COCO family (``unc``) stores
 ``(image, aux_1, [x, y, w, h], expression, aux_2)``, ``referit``
 ``(image, aux_1, [x1, y1, x2, y2], expression, aux_2)``, ``flickr``
 ``(image, [x1, y1, x2, y2], phrase)``. Boxes here are given as ``x0, y0, x1, y1`` pixels and
@@ -80,7 +80,7 @@ def random_rows(sizes: dict[str, tuple[int, int]], per_image: dict[str, int], se
 def import_split_files(key: str, split_root: Path, image_dir: Path, out: str, splits: list[str],
                        **storage_options) -> None:
     """``clipvg import-official``'s importer (copy mode); every row must be accepted."""
-    from clipvg.data.official import import_official
+    from clipvg.sources.official.importer import import_official
 
     report = import_official(key, str(split_root), None, out, image_dir=str(image_dir), splits=splits,
                              progress=False, **storage_options)

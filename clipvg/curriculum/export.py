@@ -6,7 +6,7 @@ The official ``eval_for_reliability_distribution.py`` writes, per dataset key ``
   reliability **r > t** (strict; ``0.3`` -> ``refine_0_3``);
 * ``{d}_train_pseudo_refine_1_0.pth``: the samples with r == 1.0.
 
-Each entry is a valid split entry of the key (:mod:`clipvg.data.official_export`), so a file can
+Each entry is a valid split entry of the key (:mod:`clipvg.sources.official.export`), so a file can
 stand in for ``{d}_train_pseudo.pth``; phrases are written back lower-cased with the prompt
 template applied, as the official script does. Samples without a reliability (unreadable
 image) are in no file. Pure: no Ray, no model.
@@ -21,8 +21,8 @@ import pyarrow as pa
 
 from clipvg.curriculum.selection import aligned_scores, keep_mask
 from clipvg.data import storage
-from clipvg.data.official import box_format
-from clipvg.data.official_export import export_official
+from clipvg.sources.official.formats import box_format
+from clipvg.sources.official.export import export_official
 from clipvg.data.text import prepare_text
 
 REFINE_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))

@@ -130,8 +130,8 @@ def _figures(pipeline, acc: dict, split: str, out: Path) -> dict[str, str]:
 
 
 def _prediction_grid(pipeline, run_dir: str, path: Path) -> Path:
-    from clipvg.demo import prediction_examples
-    from clipvg.model.convert import CONFIG_FILE, WEIGHTS_FILE
+    from clipvg.engine.examples import prediction_examples
+    from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE
     from clipvg.viz import plot_prediction_grid
 
     with tempfile.TemporaryDirectory(prefix="clipvg-report-") as tmp:

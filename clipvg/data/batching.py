@@ -78,7 +78,7 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
     transform = SampleTransform(cfg.data, cfg.model.image_size, train, seed=cfg.train.seed)
     samples = None
     if train and cfg.data.train_pool:
-        from clipvg.curriculum.selection import read_pool
+        from clipvg.data.pools import read_pool
 
         samples = read_pool(cfg.data.train_pool, **storage_options)
     dataset = GroundingDataset(uri, split, transform, official_boxes=cfg.data.box_int_truncation,
@@ -88,7 +88,7 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
     expr_types = {r.sample_id: r.expr_type for r in dataset.records}
     image_ids = {r.sample_id: r.image_id for r in dataset.records}
     if train and cfg.data.fresh_train_images:  # with data.uri null: checked by clipvg.config
-        from clipvg.data.fresh import FreshWorld
+        from clipvg.sources.synthetic.fresh import FreshWorld
 
         dataset = FreshWorld(cfg.data.synth, cfg.data.seed, transform, epoch_samples=len(dataset),
                              easy_to_hard_epochs=cfg.data.easy_to_hard_epochs)
@@ -117,7 +117,7 @@ def ensure_dataset(cfg: Config) -> str:
     if cfg.data.uri is not None:
         return cfg.data.uri
     from clipvg.data.storage import options_from_config
-    from clipvg.data.synthetic import write_world
+    from clipvg.sources.synthetic.scenes import write_world
 
     s = cfg.data.synth
     uri = (f"{cfg.storage.root.rstrip('/')}/worlds/seed{cfg.data.seed}-{s.image_size}px-"

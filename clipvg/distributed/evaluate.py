@@ -102,7 +102,7 @@ def resolve_checkpoint(checkpoint: str, **storage_options: Any) -> tuple[str, di
     if checkpoint.endswith((".pth", ".pt")):
         raise UserError(f"--checkpoint {checkpoint}: an official checkpoint file; convert it first "
                         f"(clipvg convert-official {checkpoint} MODEL_DIR) and pass MODEL_DIR")
-    from clipvg.model.convert import WEIGHTS_FILE
+    from clipvg.model.io import WEIGHTS_FILE
 
     for folder in (checkpoint, storage.join(checkpoint, "best")):
         try:

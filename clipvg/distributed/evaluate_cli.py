@@ -93,11 +93,3 @@ def run(args) -> int:
     print(f"outputs: {args.out} (metrics.json, metrics.md, predictions/, worst.png)")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ray_jobs/evaluate.py``: ``clipvg evaluate`` with the same arguments."""
-    import sys
-
-    from clipvg.cli import main as cli_main
-
-    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])

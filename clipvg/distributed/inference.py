@@ -50,7 +50,7 @@ class Scorer(ReliabilityScorer):
 def read_model_config(model_dir: str, **storage_options: Any) -> dict:
     """``model_config.json`` of a model folder (local or on storage); FileNotFoundError naming
     the folder when it is not one."""
-    from clipvg.model.convert import CONFIG_FILE
+    from clipvg.model.io import CONFIG_FILE
 
     try:
         return storage.read_json(storage.join(model_dir, CONFIG_FILE), **storage_options)

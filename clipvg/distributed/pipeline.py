@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -395,9 +394,3 @@ def run(args) -> int:
     print(f"report: {report['markdown']}")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ray_jobs/pipeline.py``: ``clipvg pipeline`` with the same arguments."""
-    from clipvg.cli import main as cli_main
-
-    return cli_main(["pipeline", *(sys.argv[1:] if argv is None else argv)])

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from clipvg.config import Config
 from clipvg.data import storage
 from clipvg.data.fanout import FanOutSpec
-from clipvg.data.synthetic_baseline import world_baselines
+from clipvg.sources.synthetic.baseline import world_baselines
 from clipvg.distributed.shards import rank_images
 from clipvg.distributed.streaming import StreamPlan, StreamReport, build_dataset, iter_model_batches
 from clipvg.engine.checkpoint import TrainState, load_training_state, save_training_state
@@ -334,7 +334,7 @@ def _report_epoch(cfg: Config, job: WorkerJob, raw_model, optimizer, state: Trai
 
 def _publish_best(folder: str, run_dir: str, storage_options: dict) -> None:
     """Copy the model files of a checkpoint folder to ``<run>/best/`` (a model folder)."""
-    from clipvg.model.convert import CONFIG_FILE, WEIGHTS_FILE
+    from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE
 
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         data = (Path(folder) / name).read_bytes()
@@ -345,7 +345,7 @@ def _test_best(cfg: Config, job: WorkerJob, raw_model, ctx: Ctx) -> dict:
     """Held-out accuracy of the best checkpoint on every test split."""
     from safetensors.torch import load
 
-    from clipvg.model.convert import WEIGHTS_FILE
+    from clipvg.model.io import WEIGHTS_FILE
 
     data = storage.read_bytes(storage.join(cfg.run_dir, BEST, WEIGHTS_FILE), **job.storage_options)
     raw_model.load_state_dict({k: v.to(ctx.device) for k, v in load(data).items()}, strict=True)

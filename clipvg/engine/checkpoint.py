@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from clipvg.config import Config, save_config
-from clipvg.model.convert import CONFIG_FILE, WEIGHTS_FILE, export_model
+from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE, export_model
 from clipvg.model.state_dict import short_list
 
 FORMAT_VERSION = 1

@@ -52,7 +52,7 @@ SCORE_ROWS = pa.schema([
 def load_measurer(model_dir: str, **storage_options: Any) -> "CLIPVG":
     """A measurer from a model folder (``model.safetensors`` + ``model_config.json``, e.g. a
     run's ``best/``) at a local path or any storage URI (copied to a temp dir first). Eval mode."""
-    from clipvg.model.convert import CONFIG_FILE, WEIGHTS_FILE, load_model
+    from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE, load_model
 
     if "://" not in model_dir or model_dir.startswith("file://"):
         return load_model(model_dir.removeprefix("file://"))

@@ -1,4 +1,5 @@
-"""CLIP-VG on open_clip towers: backbone, fusion, model, and the official-checkpoint converter.
+"""CLIP-VG on open_clip towers: backbone, fusion, model, clipvg's own weights format (``io``)
+and the official-checkpoint converter.
 
 Names are resolved lazily (PEP 562) so that importing one submodule, e.g. the converter's safe
 checkpoint reader, does not pay for importing open_clip.
@@ -14,8 +15,8 @@ _EXPORTS = {
     "CLIPVG": "clipvg", "build_model": "clipvg", "compute_patch_mask": "clipvg",
     "count_parameters": "clipvg",
     "VLFusion": "fusion", "build_fusion": "fusion",
-    "ConversionError": "convert", "UnsafeCheckpointError": "convert", "export_model": "convert",
-    "load_model": "convert", "load_untrusted_checkpoint": "convert",
+    "ConversionError": "io", "export_model": "io", "load_model": "io",
+    "UnsafeCheckpointError": "convert", "load_untrusted_checkpoint": "convert",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,4 @@
-"""Official CLIP-VG checkpoints -> clipvg, and clipvg's own export format.
+"""Official CLIP-VG checkpoints -> clipvg (clipvg's own weights format: :mod:`clipvg.model.io`).
 
 * :func:`load_untrusted_checkpoint` reads an official file with torch's ``weights_only``
   unpickler, allowing ``argparse.Namespace`` on top of tensors, containers and primitives; no code
@@ -7,13 +7,12 @@
   keys) onto :class:`~clipvg.model.clipvg.CLIPVG` names; :func:`load_official` loads it strictly.
 * :func:`model_config_from_official` / :func:`model_config_from_args` give the architecture
   (head counts cannot be recovered from tensor shapes).
-* :func:`export_model` / :func:`load_model`: ``model.safetensors`` + ``model_config.json``.
+* :func:`convert_official`: all of it, written with :func:`clipvg.model.io.export_model`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pickle
 import re
@@ -24,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from clipvg.config import ConfigError, FusionConfig, ModelConfig, from_dict
-from clipvg.errors import UserError
+from clipvg.config import FusionConfig, ModelConfig
+from clipvg.model.io import ConversionError, _first_line, export_model, model_config_from_dict
 from clipvg.model.state_dict import short_list, strip_module_prefix
 
 if TYPE_CHECKING:
@@ -33,9 +32,6 @@ if TYPE_CHECKING:
 
 # open_clip and the model modules are imported inside the functions that build models, so that
 # reading (and refusing) a checkpoint stays fast: importing open_clip takes seconds.
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
 
 # Official alias prefix -> the canonical prefix it shares storage with.
 _ALIASES = {"image_encoder_clip_vg.": "clip.visual.", "text_encoder_clip_vg.": "clip."}
@@ -50,10 +46,6 @@ _PREFIX_MAP = (
     ("bbox_embed.", "fusion.box_head."),
 )
 _UNUSED_PREFIXES = ("visu_proj.",)  # defined but never called in the official forward
-
-
-class ConversionError(UserError, ValueError):
-    """The input cannot be turned into a clipvg model (clear, user-facing message)."""
 
 
 class UnsafeCheckpointError(ConversionError):
@@ -101,11 +93,6 @@ def load_untrusted_checkpoint(path: str | Path) -> OfficialCheckpoint:
         raise ConversionError(f"{path} holds neither a state_dict nor a dict with a 'model' "
                               f"state_dict")
     return OfficialCheckpoint(strip_module_prefix(state), args, extra)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ------------------------------------------------------------------------------ state_dict
@@ -238,91 +225,6 @@ def model_config_from_args(args: argparse.Namespace | None, arch: str | None = N
                        image_size=get("imsize", 224), context_length=get("max_query_len", 77),
                        fusion=fusion)
 
-
-def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """Inverse of ``dataclasses.asdict`` for :class:`ModelConfig`, validated like any config."""
-    try:
-        return from_dict(ModelConfig, d, "model")
-    except ConfigError as e:
-        raise ConversionError(f"invalid model config: {e}") from None
-
-
-# ------------------------------------------------------------------------------ export
-def export_model(model: CLIPVG, folder: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``model.config`` as ``model_config.json`` (weight
-    sources cleared: the weights now live in the folder)."""
-    from safetensors.torch import save_file
-
-    from clipvg.model.clipvg import offline_config
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    text = json.dumps(dataclasses.asdict(offline_config(model.config)), indent=2)
-    (folder / CONFIG_FILE).write_text(text + "\n")
-    return folder
-
-
-def _weights_file_problem(path: Path) -> str:
-    """Why ``path`` is not a safetensors file, from its first bytes (nothing is unpickled)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
-        return ("it is a pickle / torch.save archive, not safetensors. clipvg never unpickles "
-                "model files (loading a pickle can run code); convert official checkpoints with "
-                "`clipvg convert-official`")
-    return "it is truncated or is not a safetensors file"
-
-
-def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a ``model.safetensors`` file. Only the safetensors format is read (a
-    header of JSON, then raw bytes): a pickle saved under that name is refused, never loaded.
-    Raises :class:`ConversionError` naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        return load_file(str(path), device="cpu")
-    except SafetensorError as e:
-        raise ConversionError(f"cannot read {path}: {_weights_file_problem(path)} "
-                              f"({_first_line(e)})") from None
-    except OSError as e:
-        raise ConversionError(f"cannot read {path}: {e}") from None
-
-
-def load_model(folder: str | Path) -> CLIPVG:
-    """Build the model of ``folder/model_config.json`` and load ``model.safetensors`` strictly.
-
-    Returns the model in eval mode. A missing, truncated or foreign file, or weights that do not
-    fit the config, raise :class:`ConversionError` naming the file; the weights are read (and
-    checked) before the model is built.
-    """
-    from clipvg.model.clipvg import build_model, offline_config
-
-    folder = Path(folder)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise ConversionError(f"{folder} is not a clipvg model folder: {name} is missing")
-    try:
-        raw = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"cannot read {folder / CONFIG_FILE}: {e}") from None
-    cfg = model_config_from_dict(raw)
-    state = read_weights(folder / WEIGHTS_FILE)
-    model = build_model(offline_config(cfg))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if missing or unexpected or wrong:
-        raise ConversionError(
-            f"{folder / WEIGHTS_FILE} does not fit {folder / CONFIG_FILE}: missing keys "
-            f"{short_list(missing)}, unexpected keys {short_list(unexpected)}, shape mismatches "
-            f"{short_list(wrong)}")
-    model.load_state_dict(state, strict=True)
-    return model.eval()
 
 
 def convert_official(src: str | Path, out: str | Path, official_config: str | Path | None = None,

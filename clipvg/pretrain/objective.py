@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipvg.data.synthetic_text import HUE_RING, SHAPES
+from clipvg.sources.synthetic.text import HUE_RING, SHAPES
 from clipvg.pretrain.scenes import SIZE_NAMES
 
 

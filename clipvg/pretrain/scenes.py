@@ -3,7 +3,7 @@
 This plays the part of CLIP's web data (see :mod:`clipvg.pretrain`): images come from the
 synthetic renderer under their own seed stream (split name ``"pretrain"``, never a world split),
 and the text is *captions* and *object phrases* ("a small red circle", "a blue star at the top
-left"), never the referring expressions of :mod:`clipvg.data.synthetic_text`: a phrase may
+left"), never the referring expressions of :mod:`clipvg.sources.synthetic.text`: a phrase may
 match several objects, and it never relates one object to another.
 
 Per-patch targets (``G x G`` grid of ``patch`` px cells, raster order): each cell belongs to the
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipvg.config import SynthConfig
-from clipvg.data.synthetic import SIZES, SynthObject, image_rng, render, sample_objects
-from clipvg.data.synthetic_text import COLOR_WORDS, FILLER_NOUNS, HUE_RING, SHAPE_WORDS, SHAPES, SIZE_WORDS
+from clipvg.sources.synthetic.scenes import SIZES, SynthObject, image_rng, render, sample_objects
+from clipvg.sources.synthetic.text import COLOR_WORDS, FILLER_NOUNS, HUE_RING, SHAPE_WORDS, SHAPES, SIZE_WORDS
 
 PRETRAIN_SPLIT = "pretrain"  # the seed-stream name; world splits are train/val/test
 SIZE_NAMES = tuple(SIZES)

@@ -357,7 +357,7 @@ def test_rayjob(kuberay_job, kuberay_cluster, run_config):
     assert argv[0] == "python"
     script = REPO / argv[1]
     assert script.is_file() and script.parent == REPO / "ray_jobs"
-    assert "from clipvg.distributed.pipeline import main" in script.read_text()
+    assert 'main(["pipeline", *sys.argv[1:]])' in script.read_text()
     args, unknown = _pipeline_parser().parse_known_args(argv[2:])
     assert unknown == [], f"ray_jobs/pipeline.py does not accept {unknown}"
     assert (REPO / args.config).resolve() == RUN_CONFIG

@@ -7,7 +7,8 @@ import pytest
 
 from clipvg.curriculum.export import REFINE_THRESHOLDS, export_refined, refined_subsets, threshold_tag
 from clipvg.curriculum.selection import SCORES_SCHEMA, PoolError
-from clipvg.data.official import PLACEHOLDER, load_split_file
+from clipvg.sources.official.formats import PLACEHOLDER
+from clipvg.sources.official.unpickler import load_split_file
 from clipvg.data.schema import BOX_TYPE
 
 # reliability per sample: exactly on thresholds, 1.0, 0, and one unreadable (null)

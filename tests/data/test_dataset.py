@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from clipvg.config import SynthConfig
-from clipvg.data import storage, synthetic as syn
+from clipvg.data import storage
+from clipvg.sources.synthetic import scenes as syn
 from clipvg.data.dataset import DatasetError, GroundingDataset, SampleRecord, load_split
 from clipvg.data.schema import BOX_TYPE, SchemaError
 

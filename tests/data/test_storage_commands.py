@@ -19,8 +19,8 @@ from clipvg.errors import UserError
 from storage_trap import keys, mangled_paths, trap
 
 SYNTH = ["--image-size", "32", "--no-progress", "--val", "1", "--test", "1"]
-COMMANDS = {"synth": "clipvg.data.synthetic_cli", "validate": "clipvg.data.validate_cli",
-            "import-official": "clipvg.data.official_cli", "export-official": "clipvg.data.official_cli"}
+COMMANDS = {"synth": "clipvg.sources.synthetic.cli", "validate": "clipvg.data.validate_cli",
+            "import-official": "clipvg.sources.official.cli", "export-official": "clipvg.sources.official.cli"}
 IMAGE = "COCO_train2014_000000000839.jpg"
 UNC_TRAIN = [(IMAGE, "1.pth", [3.5, 6.0, 20.0, 10.0], "the red one", []),
              (IMAGE, "2.pth", [1.0, 2.0, 5.0, 5.0], "small thing on the left", [])]
@@ -69,7 +69,7 @@ def test_synth_and_validate_write_only_to_the_bucket(s3, cwd, monkeypatch):
 
 
 def test_official_import_and_export_write_only_to_the_bucket(s3, cwd, tmp_path, monkeypatch):
-    from clipvg.data.official_pickle import load_split_file
+    from clipvg.sources.official.unpickler import load_split_file
 
     split_root, image_root = official_files(tmp_path / "official")
     uri, exported = s3.uri("unc"), f"{s3.uri('export')}/unc_train.pth"

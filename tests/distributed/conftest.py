@@ -1,4 +1,5 @@
-"""One local Ray instance for every Ray test of the session (start-up costs seconds).
+"""The Ray clusters, heads and runs shared by tests/distributed/ (the session's one local Ray,
+``ray_local``, is in tests/conftest.py: tests/bench/ uses it too).
 
 Token authentication stays on, as on a cluster: a random token is set in the environment of
 this process before Ray starts, so the head and every worker use it and no file under ~/.ray is
@@ -20,23 +21,6 @@ from tiny_train import GOLDEN_RUN, TINY_TRAIN  # tests/tiny_train.py
 
 # RAY_AUTH_MODE=token and the session's RAY_AUTH_TOKEN are set by tests/conftest.py, before
 # any test module imports Ray.
-
-
-@pytest.fixture(scope="session")
-def ray_local(s3, short_tmp):
-    import ray
-
-    temp = short_tmp / "ray"
-    # the dashboard: Tune runs of nested TorchTrainers hang without it (docs/platform notes)
-    ray.init(address="local", num_cpus=2, include_dashboard=True, _node_ip_address="127.0.0.1",
-             _temp_dir=str(temp), configure_logging=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

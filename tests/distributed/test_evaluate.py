@@ -35,7 +35,7 @@ from clipvg.engine.control import TextShuffler
 from clipvg.engine.metrics import eval_iou
 from clipvg.engine.steps import evaluate as single_process_evaluate, forward
 from clipvg.errors import UserError
-from clipvg.model.convert import load_model
+from clipvg.model.io import load_model
 from clipvg.predict import predict_box
 from official_eval import convert_fixture, import_split_files, random_rows, write_images, write_split_files
 

@@ -26,7 +26,7 @@ from clipvg.data.validate import ingest
 from clipvg.distributed import scoring
 from clipvg.engine.metrics import eval_iou
 from clipvg.model import build_model
-from clipvg.model.convert import export_model, load_model
+from clipvg.model.io import export_model, load_model
 from clipvg.ops.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from tiny_train import TINY_TRAIN
 

@@ -12,7 +12,7 @@ from clipvg.config import AugmentConfig, SynthConfig
 from clipvg.data import storage
 from clipvg.data.dataset import GroundingDataset
 from clipvg.data.fanout import FanOutSpec
-from clipvg.data.synthetic import write_world
+from clipvg.sources.synthetic.scenes import write_world
 from clipvg.data.text import tokenize
 from clipvg.data.transforms import eval_transform
 from clipvg.distributed import streaming as st

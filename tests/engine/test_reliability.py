@@ -15,7 +15,7 @@ from clipvg.data.schema import BOX_TYPE
 from clipvg.data.transforms import canvas_to_image_box, eval_canvas
 from clipvg.engine.reliability import ReliabilityScorer, _chunks, canvas_to_pixels, load_measurer
 from clipvg.model import build_model
-from clipvg.model.convert import CONFIG_FILE, WEIGHTS_FILE, export_model
+from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE, export_model
 
 TINY = ModelConfig(
     arch={"embed_dim": 32, "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 32, "layers": 2,

@@ -18,15 +18,13 @@ from clipvg.cli import main as cli_main
 from clipvg.config import FusionConfig, ModelConfig
 from clipvg.model.clipvg import build_model
 from clipvg.model.convert import (
-    ConversionError,
     UnsafeCheckpointError,
     convert_official_state_dict,
-    export_model,
-    load_model,
     load_untrusted_checkpoint,
     model_config_from_args,
     model_config_from_official,
 )
+from clipvg.model.io import ConversionError, export_model, load_model
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "clipvg_official" / "tiny"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from clipvg.config import SynthConfig
-from clipvg.data.synthetic import SynthObject, generate_image, image_rng
-from clipvg.data.synthetic_text import COLOR_WORDS, RELATION_WORDS, SHAPE_WORDS, SIZE_WORDS
+from clipvg.sources.synthetic.scenes import SynthObject, generate_image, image_rng
+from clipvg.sources.synthetic.text import COLOR_WORDS, RELATION_WORDS, SHAPE_WORDS, SIZE_WORDS
 from clipvg.pretrain.scenes import PHRASES_PER_IMAGE, PRETRAIN_SPLIT, cell_owners, make_scene
 
 CFG = SynthConfig(image_size=112, min_objects=3, max_objects=6)

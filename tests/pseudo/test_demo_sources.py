@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from clipvg.config import load_config
-from clipvg.data import synthetic as syn
-from clipvg.data.synthetic_tables import tables_of_images
+from clipvg.sources.synthetic import scenes as syn
+from clipvg.sources.synthetic.tables import tables_of_images
 from clipvg.pseudo.common import iou
 from clipvg.pseudo.generate import generate_for_images
 

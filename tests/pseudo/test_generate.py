@@ -4,11 +4,11 @@ whichever batch it is in; plus the triplets / captions table specs."""
 import pyarrow as pa
 import pytest
 
-from clipvg.data import synthetic as syn
+from clipvg.sources.synthetic import scenes as syn
 from clipvg.data.schema import (
     CAPTIONS, SAMPLES_SCHEMA, TRIPLETS, SchemaError, conform, validate_table,
 )
-from clipvg.data.synthetic_tables import tables_of_images
+from clipvg.sources.synthetic.tables import tables_of_images
 from clipvg.pseudo.generate import GENERATORS, generate_for_images, resolve_options
 
 SOURCES = tuple(GENERATORS)

@@ -14,13 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipvg.config import SynthConfig
-from clipvg.data import storage, synthetic as syn
+from clipvg.data import storage
+from clipvg.sources.synthetic import scenes as syn
 from clipvg.data.schema import validate_table
-from clipvg.data.synthetic_text import RELATION_MARGIN, SPATIAL_MARGIN
+from clipvg.sources.synthetic.text import RELATION_MARGIN, SPATIAL_MARGIN
 
 # ---------------------------------------------------------------------------------------------
 # An independent reading of the expressions (own lexicon, own semantics; see the module
-# docstring of clipvg.data.synthetic_text for the meaning this encodes).
+# docstring of clipvg.sources.synthetic.text for the meaning this encodes).
 # ---------------------------------------------------------------------------------------------
 
 SHAPE = {"circle": "circle", "ball": "circle", "disc": "circle", "dot": "circle",

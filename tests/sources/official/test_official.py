@@ -1,4 +1,4 @@
-"""Official CLIP-VG split files <-> clipvg datasets (clipvg.data.official*).
+"""Official CLIP-VG split files <-> clipvg datasets (clipvg.sources.official).
 
 Every split file here is written by the test itself in the three on-disk forms (torch.save zip,
 torch.save legacy, plain pickle.dump). Expected values are computed by hand in the comments.
@@ -22,10 +22,12 @@ from PIL import Image
 
 from clipvg.cli import main
 from clipvg.data import storage
-from clipvg.data.official import (
-    PLACEHOLDER, SplitFile, UnsafePickleError, export_official, export_split,
-    find_split_files, import_official, load_split_file, parse_entries, samples_table,
+from clipvg.sources.official.export import export_official, export_split
+from clipvg.sources.official.formats import PLACEHOLDER
+from clipvg.sources.official.importer import (
+    SplitFile, find_split_files, import_official, parse_entries, samples_table,
 )
+from clipvg.sources.official.unpickler import UnsafePickleError, load_split_file
 
 try:  # clipvg.data.validate.ingest is written in parallel; the import tests need it
     from clipvg.data.validate import ingest as _ingest  # noqa: F401

@@ -2,7 +2,7 @@
 
 World: the synthetic grounding world (split ``val``, ``--images`` images of the canvas size,
 PNG). Measurer: ``configs/demo.yaml``'s architecture (or ``--arch`` / ``--image-size``) with
-random weights, written as a model folder with :func:`~clipvg.model.convert.export_model`
+random weights, written as a model folder with :func:`~clipvg.model.io.export_model`
 (throughput depends on shapes, not values).
 
 Measured:
@@ -51,7 +51,7 @@ def write_measurer(cfg: Config, folder: str) -> str:
     import torch
 
     from clipvg.model import build_model
-    from clipvg.model.convert import export_model
+    from clipvg.model.io import export_model
 
     torch.manual_seed(0)
     return str(export_model(build_model(cfg.model), folder))
@@ -59,7 +59,7 @@ def write_measurer(cfg: Config, folder: str) -> str:
 
 def write_bench_world(out: str, cfg: Config, images: int) -> tuple[str, pa.Table]:
     """The synthetic world (split val, images of the canvas size) and its samples."""
-    from clipvg.data.synthetic import write_world
+    from clipvg.sources.synthetic.scenes import write_world
 
     size = cfg.model.image_size
     uri = storage.join(out, f"score-world-{size}px-{images}")
@@ -141,7 +141,7 @@ def actors_rate(cfg: Config, model_dir: str, uri: str, samples: pa.Table, actors
 def environment() -> dict:
     import torch
 
-    from clipvg.distributed.bench_train import _cpu_name
+    from clipvg.bench.train import _cpu_name
 
     return dict(node=platform.node(), cpu=_cpu_name(), cpu_cores=os.cpu_count(), torch=torch.__version__,
                 cuda=torch.version.cuda, load_avg_1m=os.getloadavg()[0])

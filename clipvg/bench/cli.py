@@ -4,21 +4,22 @@ Ray actors (JSON + a Markdown line each).
 
 Example::
 
-    clipvg benchmark data --out runs/bench                 # local disk + S3 (moto on loopback)
-    clipvg benchmark data --s3 none --images 300           # local disk only
+    clipvg benchmark data --out runs/bench                 # local disk only
+    clipvg benchmark data --s3 moto --images 300           # + S3 (moto on loopback; needs moto,
+                                                           #   which only the test extra installs)
     clipvg benchmark train --out runs/bench                # ViT-B-16; CPU: batch 8, fp32
     clipvg benchmark train --batch-sizes 64,128 --precision bf16,fp32 --compile off,on
     clipvg benchmark score --images 200                    # demo arch: 1 replica, 1 and 2 actors
     clipvg benchmark score --arch ViT-B-16 --image-size 224 --device cuda   # samples/s per GPU
 
-``score``: what is measured, :mod:`clipvg.distributed.bench_score`; results in
+``score``: what is measured, :mod:`clipvg.bench.score`; results in
 ``<out>/benchmark-score.json`` plus one line in ``<out>/benchmarks.md``.
 
 ``train`` runs in this process, or in one Ray task (one GPU on a CUDA device) when
-``--address`` names a cluster; what it measures: :mod:`clipvg.distributed.bench_train`.
+``--address`` names a cluster; what it measures: :mod:`clipvg.bench.train`.
 Results go to ``<out>/benchmark-train.json`` plus one line in ``<out>/benchmarks.md``.
 
-What is measured and how: :mod:`clipvg.distributed.bench_data`. Ray is started locally on
+What is measured and how: :mod:`clipvg.bench.data`. Ray is started locally on
 127.0.0.1 with ``--cpus`` CPUs for the decode tasks (default 1: on a 2-core machine the other
 core runs the consumer, as a trainer's host would), unless ``--address`` names a cluster.
 Results go to ``<out>/benchmark-data.json`` and one line per run is appended to
@@ -35,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from clipvg.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["data", "train", "score"], help="which benchmark")
@@ -45,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data: CPUs given to Ray's decode tasks; train with --address: "
                              "CPUs (torch threads) of its Ray task")
     parser.add_argument("--epochs", type=int, default=3, help="passes per measurement (best counts)")
-    parser.add_argument("--s3", default="moto",
-                        help="'moto' (a local S3 server on 127.0.0.1), 'none', or an s3:// URI")
+    parser.add_argument("--s3", default="none",
+                        help="'none' (local disk only), 'moto' (a local S3 server on 127.0.0.1; "
+                             "needs moto, from clipvg's test extra), or an s3:// URI")
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for --s3 URI")
     parser.add_argument("--address", default=None, help="a running Ray cluster (default: local)")
     train = parser.add_argument_group("train and score")
@@ -69,11 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start_moto():
-    """A moto S3 server on a free loopback port (the benchmark's stand-in for object storage)."""
+    """A moto S3 server on a free loopback port (the benchmark's stand-in for object storage).
+    moto comes with clipvg's test extra only: imported here, when ``--s3 moto`` asks for it."""
     import socket
 
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise UserError("--s3 moto needs moto, which clipvg's test extra installs "
+                        "(pip install 'clipvg[test]'); or give --s3 none / an s3:// URI") from None
     import boto3
-    from moto.server import ThreadedMotoServer
 
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
@@ -111,7 +120,7 @@ CASES = [("fan_out_eval", False, False, False), ("per_sample_eval", True, False,
 
 
 def _measure(uri: str, args, options: dict, cases) -> dict:
-    from clipvg.distributed.bench_data import stream_rate
+    from clipvg.bench.data import stream_rate
 
     out = {}
     for name, per_sample, train, materialize in cases:
@@ -128,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         return run_train(args)
     if args.what == "score":
         return run_score(args)
-    from clipvg.distributed.bench_data import BenchWorld, pil_ceiling, write_bench_world
+    from clipvg.bench.data import BenchWorld, pil_ceiling, write_bench_world
 
     if min(args.images, args.per_image, args.cpus, args.epochs) < 1:
         print("clipvg benchmark: error: --images, --per-image, --cpus, --epochs must be >= 1", file=sys.stderr)
@@ -149,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     ceiling = pil_ceiling(stores["local"][0])
     print(f"PIL decode+resize ceiling: {ceiling['images_per_s']:.1f} images/s on one core", flush=True)
     _init_ray(args)
-    from clipvg.distributed.bench_data import stream_rate
+    from clipvg.bench.data import stream_rate
 
     stream_rate(stores["local"][0], per_sample=False, train=False, cpus=args.cpus, epochs=1,
                 materialize=False)  # warm-up: starts Ray's workers and their imports
@@ -177,7 +186,7 @@ def _paired_ratio(uri: str, args, per_image: int, rounds: int = 3) -> list[float
     ratio of two measurements taken minutes apart by 10 points; pairs taken seconds apart see
     the same machine. The median of the pairs is the reported ratio.
     """
-    from clipvg.distributed.bench_data import pil_ceiling, stream_rate
+    from clipvg.bench.data import pil_ceiling, stream_rate
 
     ratios = []
     for _ in range(rounds):
@@ -227,7 +236,7 @@ def _train_setup(args, cuda_available: bool):
 
     import torch
 
-    from clipvg.distributed import bench_train as bt
+    from clipvg.bench import train as bt
     from clipvg.engine.precision import resolve_precision
 
     device = _device(args, cuda_available)
@@ -278,10 +287,10 @@ def _model_config(arch_text: str, image_size: int | None):
 
 
 def run_score(args: argparse.Namespace) -> int:
-    """``clipvg benchmark score`` (see clipvg.distributed.bench_score)."""
+    """``clipvg benchmark score`` (see clipvg.bench.score)."""
     import torch
 
-    from clipvg.distributed import bench_score as bs
+    from clipvg.bench import score as bs
 
     try:
         device = _device(args, torch.cuda.is_available())
@@ -310,7 +319,7 @@ def run_score(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from clipvg.distributed import bench_train as bt
+    from clipvg.bench import train as bt
 
     cuda = torch.cuda.is_available()
     if args.address:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from clipvg.data import synthetic_captioner as cap
-from clipvg.data import synthetic_detector as det
-from clipvg.data import synthetic_scenegraph as sg
+from clipvg.sources.synthetic import captioner as cap
+from clipvg.sources.synthetic import detector as det
+from clipvg.sources.synthetic import scenegraph as sg
 from clipvg.data.schema import CAPTIONS, DETECTIONS, IMAGES, SAMPLES, TRIPLETS
 
 TABLES = {"samples": SAMPLES, "images": IMAGES, "detections": DETECTIONS,

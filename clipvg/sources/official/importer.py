@@ -14,9 +14,9 @@ Box conventions:
 * ``box_raw`` keeps the file's numbers (float64) and ``box_format`` their convention, so an
   export gives back the same numbers.
 
-Loading is done by :mod:`clipvg.data.official_pickle` (no code from the file ever runs);
+Loading is done by :mod:`clipvg.sources.official.unpickler` (no code from the file ever runs);
 validation and publication by :func:`clipvg.data.validate.ingest`. The export side lives in
-:mod:`clipvg.data.official_export`.
+:mod:`clipvg.sources.official.export`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ from typing import Any
 import pyarrow as pa
 from tqdm import tqdm
 
+from clipvg import __version__
 from clipvg.data import storage
-from clipvg.data.official_pickle import UnsafePickleError, load_split_file
+from clipvg.data.validate import CHECK_OPTIONS, ingest
+from clipvg.sources.official.formats import (  # noqa: F401  (re-exported)
+    COCO_FAMILY, IMAGE_FOLDERS, KEYS, PLACEHOLDER, SPLITS, TRAIN_SEPARATE, box_format, check_key,
+)
+from clipvg.sources.official.unpickler import UnsafePickleError, load_split_file
 
 __all__ = [
     "COCO_FAMILY", "KEYS", "SPLITS", "IMAGE_FOLDERS", "PLACEHOLDER", "UnsafePickleError",
@@ -42,16 +47,6 @@ __all__ = [
     "rejected_table", "box_format", "SAMPLES_IMPORT_SCHEMA",
 ]
 
-COCO_FAMILY = ("unc", "unc+", "gref", "gref_umd")
-KEYS = COCO_FAMILY + ("referit", "flickr")
-SPLITS = ("train", "val", "trainval", "test", "testA", "testB", "train_pseudo")
-TRAIN_SEPARATE = "train_separate"  # selectable in ``splits=``: the per-source MSA files
-IMAGE_FOLDERS = {
-    **{k: "other/images/mscoco/images/train2014" for k in COCO_FAMILY},
-    "referit": "referit/images",
-    "flickr": "Flickr30k/flickr30k-images",
-}
-PLACEHOLDER = "useless placeholder"  # aux_1 / aux_2 of pseudo-label files
 MALFORMED = "malformed_entry"
 
 # "1_unc+_train_pseudo_template_0_5.pth": MSA position, dataset, source, threshold ('.'->'_').
@@ -82,17 +77,6 @@ REJECTED_SCHEMA = pa.schema(  # what ingest's quarantine keeps: text as (escaped
      for f in SAMPLES_IMPORT_SCHEMA]
     + [pa.field("reason", pa.string()), pa.field("detail", pa.string()),
        pa.field("input_row", pa.int64())])
-
-
-def box_format(key: str) -> str:
-    """``"xywh"`` for the COCO family, ``"xyxy"`` for referit and flickr."""
-    check_key(key)
-    return "xywh" if key in COCO_FAMILY else "xyxy"
-
-
-def check_key(key: str) -> None:
-    if key not in KEYS:
-        raise ValueError(f"unknown dataset key {key!r}; expected one of {', '.join(KEYS)}")
 
 
 # ------------------------------------------------------------------------------ discovery
@@ -387,9 +371,6 @@ def import_official(key: str, split_root: str, image_root: str | None, out: str,
     validator's check options (``max_text_tokens``, ``decode_images``, ``threads``) and
     storage options (``endpoint_url``) for every URI involved.
     """
-    from clipvg import __version__
-    from clipvg.data.validate import CHECK_OPTIONS, ingest
-
     _check_mode(images)
     checks = {k: options.pop(k) for k in list(options) if k in CHECK_OPTIONS}
     storage_options = options
@@ -413,7 +394,4 @@ def import_official(key: str, split_root: str, image_root: str | None, out: str,
     return ImportReport(key, reports, notes, len(names), report)
 
 
-from clipvg.data.official_export import export_official, export_split  # noqa: E402
-
-__all__ += ["ImportReport", "images_table", "import_official", "export_official",
-            "export_split"]
+__all__ += ["ImportReport", "images_table", "import_official"]

@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from clipvg.data.synthetic_detector import CONFUSABLE
-from clipvg.data.synthetic_text import HUE_RING, SHAPE_WORDS, SHAPES, ObjectLike
+from clipvg.sources.synthetic.detector import CONFUSABLE
+from clipvg.sources.synthetic.text import HUE_RING, SHAPE_WORDS, SHAPES, ObjectLike
 
 CAPTIONS_PER_IMAGE = (1, 2)  # inclusive range
 HALLUCINATED_FIRST_RATE = 0.10

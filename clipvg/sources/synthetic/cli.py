@@ -71,7 +71,7 @@ def describe(manifest: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from clipvg.data import storage  # heavy imports only when the command runs
-    from clipvg.data.synthetic import same_world, world_key, write_world
+    from clipvg.sources.synthetic.scenes import same_world, world_key, write_world
     from clipvg.errors import UserError
 
     error = _check(args)

@@ -7,9 +7,9 @@ import pytest
 
 from clipvg.config import Config, ConfigError, SynthConfig, from_dict, load_config
 from clipvg.data.batching import build_loader, ensure_dataset
-from clipvg.data.fresh import FreshWorld, scene_config_at
-from clipvg.data.synthetic import generate_image, image_rng
-from clipvg.data.synthetic_text import EXPR_TYPES
+from clipvg.sources.synthetic.fresh import FreshWorld, scene_config_at
+from clipvg.sources.synthetic.scenes import generate_image, image_rng
+from clipvg.sources.synthetic.text import EXPR_TYPES
 
 SYNTH = SynthConfig(image_size=64, train_images=20, val_images=4, test_images=4)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clipvg.config import SynthConfig
-from clipvg.data.synthetic import generate_image, image_rng
-from clipvg.data.synthetic_baseline import random_object_baseline
+from clipvg.sources.synthetic.scenes import generate_image, image_rng
+from clipvg.sources.synthetic.baseline import random_object_baseline
 
 
 def test_baseline_is_one_over_the_object_count_when_objects_do_not_overlap():

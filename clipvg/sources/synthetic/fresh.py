@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 from torch.utils.data import IterableDataset, get_worker_info
 
 from clipvg.config import SynthConfig
-from clipvg.data.synthetic import generate_image, image_rng
+from clipvg.sources.synthetic.scenes import generate_image, image_rng
 
 SHUFFLE_BUFFER = 256  # samples; an image's 3-5 expressions would otherwise sit in one batch
 

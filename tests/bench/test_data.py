@@ -2,11 +2,12 @@
 measured by `clipvg benchmark data`, never by tests)."""
 
 import argparse
+import sys
 
 from clipvg.cli import main
 from clipvg.data import storage
-from clipvg.distributed import bench_data
-from clipvg.distributed.benchmark_cli import _report
+from clipvg.bench import data as bench_data
+from clipvg.bench.cli import _report
 
 
 def test_bench_world_has_the_asked_shape_and_every_mode_streams_every_sample(ray_local, tmp_path):
@@ -34,3 +35,10 @@ def test_bench_world_has_the_asked_shape_and_every_mode_streams_every_sample(ray
 def test_benchmark_cli_refuses_bad_numbers(capsys):
     assert main(["benchmark", "data", "--images", "0", "--s3", "none"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_benchmark_s3_moto_without_moto_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "moto.server", None)  # as if moto were not installed
+    assert main(["benchmark", "data", "--images", "1", "--s3", "moto", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--s3 moto needs moto" in err

@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from clipvg.data.synthetic_detector import CONFUSABLE
-from clipvg.data.synthetic_text import SHAPES, ObjectLike
+from clipvg.sources.synthetic.detector import CONFUSABLE
+from clipvg.sources.synthetic.text import SHAPES, ObjectLike
 
 HALLUCINATIONS_PER_IMAGE = 0.6  # Poisson mean of invented entities (>= 1 if one object)
 SWAP_RATE = 0.10  # subject and object boxes exchanged

@@ -14,7 +14,7 @@ from collections import defaultdict
 import torch
 
 from clipvg.config import DataConfig, SynthConfig
-from clipvg.data.synthetic import generate_image, image_rng
+from clipvg.sources.synthetic.scenes import generate_image, image_rng
 from clipvg.ops.boxes import box_iou
 
 

@@ -3,8 +3,8 @@
 Per key (method doc §1.2): ``flickr`` entries are ``(image, [x1, y1, x2, y2], phrase)``; every
 other key's are ``(image, aux_1, box, expression, aux_2)`` with ``[x, y, w, h]`` boxes for the
 COCO family and ``[x1, y1, x2, y2]`` for referit. Rows imported by
-:func:`clipvg.data.official.import_official` carry ``box_raw`` / ``box_format`` / ``aux`` and
-come back with the file's numbers and aux fields (JSON lists where the file had tuples);
+:func:`clipvg.sources.official.importer.import_official` carry ``box_raw`` / ``box_format`` /
+``aux`` and come back with the file's numbers and aux fields (JSON lists where the file had tuples);
 other rows (pseudo labels, synthetic data) are converted from ``box`` (x0, y0, x1, y1 float32)
 and get ``'useless placeholder'`` aux fields, as the official pseudo-label files do.
 """
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipvg.data import storage
-from clipvg.data.official import PLACEHOLDER, box_format
+from clipvg.sources.official.formats import PLACEHOLDER, box_format
 
 
 def _convert(box: list[float], src: str, dst: str) -> list[float]:

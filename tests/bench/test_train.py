@@ -7,7 +7,7 @@ import torch
 
 from clipvg.cli import main
 from clipvg.config import ModelConfig
-from clipvg.distributed import bench_train as bt
+from clipvg.bench import train as bt
 
 TINY = ("{embed_dim: 32, vision_cfg: {image_size: 64, layers: 2, width: 32, head_width: 16, "
         "patch_size: 16}, text_cfg: {context_length: 16, vocab_size: 500, width: 32, heads: 2, layers: 2}}")

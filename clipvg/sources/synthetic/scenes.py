@@ -3,11 +3,11 @@
 Each image is a square canvas (``SynthConfig.image_size`` px) with a pale, plain or mildly
 noisy background and ``min_objects..max_objects`` flat-coloured shapes (shape x colour x size
 class) with exact boxes, several referring expressions that each name one object
-(:mod:`clipvg.data.synthetic_text`), and the output of a *simulated detector*
-(:mod:`clipvg.data.synthetic_detector`: jittered boxes, class confusions, colour errors,
+(:mod:`clipvg.sources.synthetic.text`), and the output of a *simulated detector*
+(:mod:`clipvg.sources.synthetic.detector`: jittered boxes, class confusions, colour errors,
 misses, false positives, scores), of a *simulated scene-graph model*
-(:mod:`clipvg.data.synthetic_scenegraph`) and of a *simulated captioner*
-(:mod:`clipvg.data.synthetic_captioner`), each noisy in its own way, that the pseudo-label
+(:mod:`clipvg.sources.synthetic.scenegraph`) and of a *simulated captioner*
+(:mod:`clipvg.sources.synthetic.captioner`), each noisy in its own way, that the pseudo-label
 generators (:mod:`clipvg.pseudo`) start from, as real models' outputs would be for a real
 dataset.
 
@@ -37,11 +37,11 @@ from tqdm import tqdm
 from clipvg import __version__
 from clipvg.config import SynthConfig
 from clipvg.data import storage
-from clipvg.data.synthetic_captioner import Caption, simulate_captions
-from clipvg.data.synthetic_scenegraph import Triplet, simulate_triplets
-from clipvg.data.synthetic_tables import RECORD_TABLES, build_tables, image_rows, simulator_rates
+from clipvg.sources.synthetic.captioner import Caption, simulate_captions
+from clipvg.sources.synthetic.scenegraph import Triplet, simulate_triplets
+from clipvg.sources.synthetic.tables import RECORD_TABLES, build_tables, image_rows, simulator_rates
 from clipvg.data.validate import ingest
-from clipvg.data.synthetic_detector import (  # noqa: F401  (the rates are re-exported)
+from clipvg.sources.synthetic.detector import (  # noqa: F401  (the rates are re-exported)
     BOX_JITTER,
     COLOR_ERROR_RATE,
     COLOR_MISSING_RATE,
@@ -51,7 +51,7 @@ from clipvg.data.synthetic_detector import (  # noqa: F401  (the rates are re-ex
     Detection,
     simulate_detections,
 )
-from clipvg.data.synthetic_text import (
+from clipvg.sources.synthetic.text import (
     EXPR_TYPES,
     HUE_RING,
     SHAPES,
@@ -59,7 +59,7 @@ from clipvg.data.synthetic_text import (
     generate_expressions,
 )
 
-# How the canonical shapes / colours / sizes look (their words live in synthetic_text).
+# How the canonical shapes / colours / sizes look (their words live in text.py).
 COLORS = {  # base RGB; each object gets a small shade jitter (COLOR_JITTER)
     "red": (214, 39, 40),
     "orange": (245, 135, 20),

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from clipvg.data.synthetic_text import HUE_RING, SHAPES, ObjectLike
+from clipvg.sources.synthetic.text import HUE_RING, SHAPES, ObjectLike
 
 # Error rates, per ground-truth object unless said otherwise.
 MISS_RATE = 0.08  # object not detected

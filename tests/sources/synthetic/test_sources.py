@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from clipvg.config import SynthConfig
-from clipvg.data import storage, synthetic as syn
-from clipvg.data import synthetic_captioner as cap
-from clipvg.data import synthetic_scenegraph as sg
-from clipvg.data.synthetic_tables import tables_of_images
-from clipvg.data.synthetic_text import SHAPES
+from clipvg.data import storage
+from clipvg.sources.synthetic import scenes as syn
+from clipvg.sources.synthetic import captioner as cap
+from clipvg.sources.synthetic import scenegraph as sg
+from clipvg.sources.synthetic.tables import tables_of_images
+from clipvg.sources.synthetic.text import SHAPES
 from clipvg.pseudo.caption import lemma
 from clipvg.pseudo.common import iou
 from clipvg.pseudo.generate import generate_for_images

@@ -24,14 +24,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clipvg.data import storage
+from clipvg.sources.official.formats import KEYS, SPLITS, TRAIN_SEPARATE
+
 
 def _command(parser: argparse.ArgumentParser) -> str:
     return "export-official" if parser.prog.endswith("export-official") else "import-official"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clipvg.data.official import KEYS, SPLITS, TRAIN_SEPARATE
-
     command = _command(parser)
     parser.set_defaults(_official_command=command)
     if command == "export-official":
@@ -70,8 +71,6 @@ def _error(command: str, message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipvg.data.official import KEYS
-
     command = args._official_command
     if args.dataset not in KEYS:
         return _error(command, f"unknown dataset key {args.dataset!r}; expected one of "
@@ -85,15 +84,13 @@ def run(args: argparse.Namespace) -> int:
 def _storage_options(args: argparse.Namespace, *uris: str | None) -> dict:
     """The storage options of the command (clipvg.data.storage's one resolution, with
     --endpoint-url), after checking that every URI it names can be reached."""
-    from clipvg.data import storage
-
     options = storage.options_from_config(None, endpoint_url=args.endpoint_url)
     storage.check_access(*uris, **options)
     return options
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    from clipvg.data.official import import_official
+    from clipvg.sources.official.importer import import_official  # lazy: start-up time of --help
 
     if args.image_root is None and args.image_dir is None:
         return _error("import-official", "give --image-root or --image-dir")
@@ -118,7 +115,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from clipvg.data.official import export_split
+    from clipvg.sources.official.export import export_split  # lazy: start-up time of --help
 
     options = _storage_options(args, args.uri, args.out)
     n = export_split(args.uri, args.dataset, args.split, args.out, source=args.source, **options)
