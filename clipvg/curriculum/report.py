@@ -20,7 +20,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from clipvg.curriculum.plots import HISTOGRAM_JSON, plot_histogram, plot_sr_cr_matrix  # noqa: E402
 from clipvg.data import storage  # noqa: E402
+from clipvg.engine.examples import prediction_examples  # noqa: E402
+from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
+from clipvg.viz import plot_prediction_grid  # noqa: E402
 
 METHODS = {  # key -> row label (paper Tables I/II)
     "raw_template": "w/o curriculum (whole template source)",
@@ -107,15 +111,11 @@ def plot_methods(acc: dict, split: str, path: Path) -> Path:
 
 def _histograms(pipeline) -> dict:
     """(measurer, source) -> the histogram record the scores stage wrote next to its table."""
-    from clipvg.curriculum.plots import HISTOGRAM_JSON
-
     return {(m, s): storage.read_json(storage.join(pipeline.scores_uri(m, s), HISTOGRAM_JSON), **pipeline.options)
             for m in pipeline.sources for s in pipeline.sources}
 
 
 def _figures(pipeline, acc: dict, split: str, out: Path) -> dict[str, str]:
-    from clipvg.curriculum.plots import plot_histogram, plot_sr_cr_matrix
-
     o = pipeline.outputs
     hists = _histograms(pipeline)  # written by the scores stages: not recomputed from the tables
     figs = {"methods": plot_methods(acc, split, out / "methods.png"),
@@ -130,10 +130,6 @@ def _figures(pipeline, acc: dict, split: str, out: Path) -> dict[str, str]:
 
 
 def _prediction_grid(pipeline, run_dir: str, path: Path) -> Path:
-    from clipvg.engine.examples import prediction_examples
-    from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE
-    from clipvg.viz import plot_prediction_grid
-
     with tempfile.TemporaryDirectory(prefix="clipvg-report-") as tmp:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             data = storage.read_bytes(storage.join(run_dir, "best", name), **pipeline.options)

@@ -36,6 +36,7 @@ from clipvg.data.fanout import padding_mask
 from clipvg.data.schema import BOX_TYPE
 from clipvg.data.transforms import normalize_images
 from clipvg.engine.metrics import eval_iou
+from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE, load_model
 from clipvg.ops.boxes import cxcywh_to_xyxy
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ SCORE_ROWS = pa.schema([
 def load_measurer(model_dir: str, **storage_options: Any) -> "CLIPVG":
     """A measurer from a model folder (``model.safetensors`` + ``model_config.json``, e.g. a
     run's ``best/``) at a local path or any storage URI (copied to a temp dir first). Eval mode."""
-    from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE, load_model
-
     if "://" not in model_dir or model_dir.startswith("file://"):
         return load_model(model_dir.removeprefix("file://"))
     folder = tempfile.mkdtemp(prefix="clipvg-measurer-")
@@ -132,7 +131,7 @@ class ReliabilityScorer:
                  *, size: int, normalize: str = "imagenet", batch_size: int = 64, device: str = "auto",
                  precision: str = "auto", threads: int | None = None, autocast: bool = False,
                  storage_options: dict | None = None) -> None:
-        from clipvg.engine.precision import apply_precision
+        from clipvg.engine.precision import apply_precision  # lazy: open_clip (seconds) only for a replica
 
         if threads:
             torch.set_num_threads(threads)

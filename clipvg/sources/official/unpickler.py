@@ -29,6 +29,8 @@ import posixpath
 import zipfile
 from typing import Any
 
+from clipvg.data import storage
+
 # torch.serialization's legacy-format header values (stable since 2017).
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -169,7 +171,5 @@ def load_split_file(path_or_uri: str, **storage_options: Any) -> list:
     (``s3://...`` with ``endpoint_url=``). Entries are returned as stored (tuples or lists);
     their shape is checked by the parser, not here.
     """
-    from clipvg.data import storage
-
     data = storage.read_bytes(path_or_uri, **storage_options)
     return loads_split(data, str(path_or_uri))
