@@ -32,7 +32,7 @@ def test_bench_world_has_the_asked_shape_and_every_mode_streams_every_sample(ray
     assert report["summary"]["fan_out_vs_per_sample"] > 0 and report["markdown"].startswith("| ")
 
 
-def test_benchmark_cli_refuses_bad_numbers(capsys):
+def test_benchmark_refuses_bad_numbers(capsys):
     assert main(["benchmark", "data", "--images", "0", "--s3", "none"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
 
