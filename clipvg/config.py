@@ -46,7 +46,7 @@ class AugmentConfig:
 
 @dataclass
 class SynthConfig:
-    """Shape of the synthetic grounding world (see :mod:`clipvg.data.synthetic`)."""
+    """Shape of the synthetic grounding world (see :mod:`clipvg.sources.synthetic.scenes`)."""
 
     image_size: int = 224  # side of the generated square images, in pixels
     min_objects: int = 3

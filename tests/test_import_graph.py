@@ -27,9 +27,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("clipvg.data",)),
     # where datasets come from: the official split files, the synthetic world
     ("sources", ("clipvg.sources",)),
-    # the local engine's input: the dataset of a config (data.uri or the synthetic world, made
-    # on first use) and its loaders (the fresh synthetic stream) - above the sources it draws on
-    ("loaders", ("clipvg.data.batching",)),
     ("model", ("clipvg.model",)),
     ("pretrain", ("clipvg.pretrain",)),
     ("engine", ("clipvg.engine",)),
@@ -45,11 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 RAY_PACKAGES = ("clipvg.distributed", "clipvg.bench")
 
 # Known upward imports, each with the reason it is still there. Empty this, do not grow it.
-PENDING: dict[tuple[str, str], str] = {
-    ("clipvg.distributed.trainer", "clipvg.cli"):
-        "trainer.main(), the former entry point of ray_jobs/train.py (which now calls "
-        "clipvg.cli.main): unused, to be deleted with the next change of trainer.py",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------- stages
     def _world(self) -> dict:
-        from clipvg.data.batching import ensure_dataset
+        from clipvg.engine.batching import ensure_dataset
 
         uri = ensure_dataset(self.cfg)
         if "://" not in uri:

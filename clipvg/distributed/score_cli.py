@@ -54,7 +54,7 @@ def default_source(samples, samples_uri: str) -> str:
 def run(args) -> int:
     from clipvg.curriculum.plots import score_histograms
     from clipvg.curriculum.selection import subset_sizes
-    from clipvg.data.batching import ensure_dataset
+    from clipvg.engine.batching import ensure_dataset
     from clipvg.distributed.local_ray import init_ray
     from clipvg.distributed.scoring import score_samples, summary
 

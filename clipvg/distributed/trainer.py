@@ -39,7 +39,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def resolve_config(cfg: Config) -> Config:
     elsewhere), and ``data.uri`` set to the dataset the run uses."""
     check_launcher(cfg, "ray_train")
     cfg = absolute_root(cfg)
-    from clipvg.data.batching import ensure_dataset
+    from clipvg.engine.batching import ensure_dataset
 
     data_uri = ensure_dataset(cfg)
     if "://" not in data_uri:
@@ -344,9 +343,3 @@ def run(args) -> int:
     print(f"outputs: {history['run_dir']}")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ray_jobs/train.py``: ``clipvg train`` with the same arguments."""
-    from clipvg.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

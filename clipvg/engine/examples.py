@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from clipvg.config import Config
-from clipvg.data.batching import SampleTransform, ensure_dataset
+from clipvg.engine.batching import SampleTransform, ensure_dataset
 from clipvg.data.dataset import GroundingDataset
 from clipvg.data.text import tokenize
 from clipvg.data.transforms import canvas_to_image_box

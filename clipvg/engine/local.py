@@ -38,7 +38,7 @@ import torch
 
 from clipvg.config import Config, check_launcher, load_config, save_config
 from clipvg.data import storage
-from clipvg.data.batching import build_loader, ensure_dataset
+from clipvg.engine.batching import build_loader, ensure_dataset
 from clipvg.sources.synthetic.baseline import world_baselines
 from clipvg.engine.checkpoint import (STATE_FILE, TrainState, load_training_state, read_rng_state,
                                       save_training_state)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from clipvg.config import ModelConfig
 from clipvg.errors import UserError
-from clipvg.model.state_dict import short_list, strip_module_prefix
+from clipvg.model.state_dict import mismatch, strip_module_prefix
 
 # CLIP state_dict entries that CLIP-VG never uses; a weights file may carry them (ignored).
 _DEAD_KEYS = ("logit_scale", "logit_bias", "visual.ln_post.weight", "visual.ln_post.bias",
@@ -307,16 +307,10 @@ class CLIPBackbone(nn.Module):
         path = Path(path)
         state = _read_state_dict(path)
         state = {k: v for k, v in state.items() if not self.is_removed_key(k)}
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or wrong:
-            raise WeightsLoadError(
-                f"CLIP weights file {path} does not fit the towers of this model: "
-                f"missing keys {short_list(missing)}, unexpected keys {short_list(unexpected)}, "
-                f"shape mismatches {short_list(wrong)}. Check model.arch and model.image_size.")
+        problem = mismatch(self.state_dict(), state)
+        if problem:
+            raise WeightsLoadError(f"CLIP weights file {path} does not fit the towers of this model: "
+                                   f"{problem}. Check model.arch and model.image_size.")
         self.load_state_dict(state, strict=True)
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from clipvg.config import ConfigError, ModelConfig, from_dict
 from clipvg.errors import UserError
-from clipvg.model.state_dict import short_list
+from clipvg.model.state_dict import mismatch
 
 if TYPE_CHECKING:
     from clipvg.model.clipvg import CLIPVG
@@ -112,14 +112,8 @@ def load_model(folder: str | Path) -> CLIPVG:
     cfg = model_config_from_dict(raw)
     state = read_weights(folder / WEIGHTS_FILE)
     model = build_model(offline_config(cfg))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if missing or unexpected or wrong:
-        raise ConversionError(
-            f"{folder / WEIGHTS_FILE} does not fit {folder / CONFIG_FILE}: missing keys "
-            f"{short_list(missing)}, unexpected keys {short_list(unexpected)}, shape mismatches "
-            f"{short_list(wrong)}")
+    problem = mismatch(model.state_dict(), state)
+    if problem:
+        raise ConversionError(f"{folder / WEIGHTS_FILE} does not fit {folder / CONFIG_FILE}: {problem}")
     model.load_state_dict(state, strict=True)
     return model.eval()

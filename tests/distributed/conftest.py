@@ -53,7 +53,7 @@ def golden_run_with_node_loss(tiny_world, tmp_path_factory, short_tmp):
 def tiny_world(tmp_path_factory):
     """One synthetic world for every training test of the session (data.uri=...)."""
     from clipvg.config import load_config
-    from clipvg.data.batching import ensure_dataset
+    from clipvg.engine.batching import ensure_dataset
 
     root = tmp_path_factory.mktemp("tiny-world")
     return ensure_dataset(load_config(None, [*TINY_TRAIN, f"storage.root={root}"]))

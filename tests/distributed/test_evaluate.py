@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from clipvg.cli import main
 from clipvg.config import load_config
 from clipvg.data import storage
-from clipvg.data.batching import SampleTransform, build_loader, collate
+from clipvg.engine.batching import SampleTransform, build_loader, collate
 from clipvg.data.dataset import GroundingDataset
 from clipvg.data.text import prepare_text, tokenize
 from clipvg.distributed import evaluate, evaluate_cli

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from clipvg.data.batching import build_loader, ensure_dataset
+from clipvg.engine.batching import build_loader, ensure_dataset
 from clipvg.engine.steps import build_optimizer, evaluate, lr_factor, train_step
 from clipvg.model import build_model
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clipvg.config import Config, ConfigError, SynthConfig, from_dict, load_config
-from clipvg.data.batching import build_loader, ensure_dataset
+from clipvg.engine.batching import build_loader, ensure_dataset
 from clipvg.sources.synthetic.fresh import FreshWorld, scene_config_at
 from clipvg.sources.synthetic.scenes import generate_image, image_rng
 from clipvg.sources.synthetic.text import EXPR_TYPES

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 
 from clipvg.config import Config, PoolEntry, from_dict
 from clipvg.data import storage
-from clipvg.data.batching import build_loader, ensure_dataset
+from clipvg.engine.batching import build_loader, ensure_dataset
 
 
 def _cfg(tmp_path, **train) -> Config:
