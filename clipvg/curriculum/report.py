@@ -12,6 +12,7 @@ model shown texts of other images, :mod:`clipvg.engine.control`), read by the se
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,39 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from clipvg.config import Config  # noqa: E402
 from clipvg.curriculum.plots import HISTOGRAM_JSON, plot_histogram, plot_sr_cr_matrix  # noqa: E402
 from clipvg.data import storage  # noqa: E402
 from clipvg.engine.examples import prediction_examples  # noqa: E402
 from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
 from clipvg.viz import plot_prediction_grid  # noqa: E402
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What the report reads of a pipeline run (built by ``clipvg.distributed.pipeline``).
+
+    ``outputs`` maps each stage name (``world``, ``pseudo:<s>``, ``measurers``, ``scores:<m>``,
+    ``ssa``, ``msa``, ``finals``) to the outputs its manifest recorded; ``options`` are the
+    storage options every URI is read with.
+    """
+
+    run_dir: str
+    cfg: Config  # the run's config (paths resolved)
+    base: Config  # the config every training started from (data.uri = the world)
+    sources: list[str]
+    outputs: dict[str, dict]
+    options: dict[str, Any]
+    trial_epochs: int
+    measurer_epochs: int
+    final_epochs: int
+
+    def scores_uri(self, measurer: str, source: str) -> str:
+        """The scores table of ``source`` scored by ``measurer``'s model."""
+        return self.outputs[f"scores:{measurer}"][source]["uri"]
+
+    def uri(self, *parts: str) -> str:
+        return storage.join(self.run_dir, *parts)
+
 
 METHODS = {  # key -> row label (paper Tables I/II)
     "raw_template": "w/o curriculum (whole template source)",
@@ -109,13 +138,13 @@ def plot_methods(acc: dict, split: str, path: Path) -> Path:
     return path
 
 
-def _histograms(pipeline) -> dict:
+def _histograms(pipeline: PipelineResult) -> dict:
     """(measurer, source) -> the histogram record the scores stage wrote next to its table."""
     return {(m, s): storage.read_json(storage.join(pipeline.scores_uri(m, s), HISTOGRAM_JSON), **pipeline.options)
             for m in pipeline.sources for s in pipeline.sources}
 
 
-def _figures(pipeline, acc: dict, split: str, out: Path) -> dict[str, str]:
+def _figures(pipeline: PipelineResult, acc: dict, split: str, out: Path) -> dict[str, str]:
     o = pipeline.outputs
     hists = _histograms(pipeline)  # written by the scores stages: not recomputed from the tables
     figs = {"methods": plot_methods(acc, split, out / "methods.png"),
@@ -129,16 +158,16 @@ def _figures(pipeline, acc: dict, split: str, out: Path) -> dict[str, str]:
     return {k: str(v.name) for k, v in figs.items()}
 
 
-def _prediction_grid(pipeline, run_dir: str, path: Path) -> Path:
+def _prediction_grid(pipeline: PipelineResult, run_dir: str, path: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="clipvg-report-") as tmp:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             data = storage.read_bytes(storage.join(run_dir, "best", name), **pipeline.options)
             (Path(tmp) / name).write_bytes(data)
-        items = prediction_examples(pipeline.base(), tmp, n=12, **pipeline.options)
+        items = prediction_examples(pipeline.base, tmp, n=12, **pipeline.options)
     return plot_prediction_grid(items, path)
 
 
-def _markdown(pipeline, acc: dict, report: dict, figs: dict) -> str:
+def _markdown(pipeline: PipelineResult, acc: dict, report: dict, figs: dict) -> str:
     o, c = pipeline.outputs, pipeline.cfg.curriculum
     lines = [f"# CLIP-VG curriculum report: `{pipeline.run_dir}`", "",
              f"World / dataset: `{o['world']['uri']}`. Sources: {', '.join(pipeline.sources)}. "
@@ -183,7 +212,7 @@ def _pts(v: Any) -> str:
     return "n/a" if v is None else f"{100 * v:+.1f}"
 
 
-def write_report(pipeline) -> dict:
+def write_report(pipeline: PipelineResult) -> dict:
     """Write the report to ``<run>/report/``; returns the report stage's outputs."""
     o = pipeline.outputs
     split = pipeline.cfg.data.test_splits[0]

@@ -334,9 +334,12 @@ class Pipeline:
         return {name: _outcome(o) for name, o in zip(methods, outcomes)}
 
     def _report(self) -> dict:
-        from clipvg.curriculum.report import write_report
+        from clipvg.curriculum.report import PipelineResult, write_report  # matplotlib: report stage only
 
-        return write_report(self)
+        return write_report(PipelineResult(
+            run_dir=self.run_dir, cfg=self.cfg, base=self.base(), sources=self.sources,
+            outputs=self.outputs, options=self.options, trial_epochs=self.trial_epochs,
+            measurer_epochs=self.measurer_epochs, final_epochs=self.final_epochs))
 
 
 def _pool(raw: list[dict]) -> list[PoolEntry]:
