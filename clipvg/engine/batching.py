@@ -66,7 +66,6 @@ def collate(items: list[tuple], context_length: int = 77, overflow: str = "trunc
         "sample_id": ids,
         "expr_type": [expr_types.get(i) or "unknown" for i in ids],
         "image_id": [image_ids.get(i) for i in ids],
-        "truncated": tok.truncated,
     }
 
 

@@ -30,6 +30,11 @@ from clipvg.engine.loss import box_losses, similarity_map_loss
 from clipvg.engine.metrics import AccuracyMeter, eval_iou
 
 MODEL_INPUTS = ("image", "pixel_mask", "tokens", "token_mask")
+# What every batch builder returns (engine/batching.collate, distributed/streaming's model
+# batches), so train_step / evaluate read one contract: the model inputs, ``target`` (B, 4)
+# normalised cxcywh on the canvas, and per sample its id, expression type and image id (the
+# shuffled-text control needs the image).
+BATCH_KEYS = (*MODEL_INPUTS, "target", "sample_id", "expr_type", "image_id")
 
 
 def to_device(batch: dict, device: torch.device | str) -> dict:

@@ -16,6 +16,7 @@ from clipvg.sources.synthetic.scenes import write_world
 from clipvg.data.text import tokenize
 from clipvg.data.transforms import eval_transform
 from clipvg.distributed import streaming as st
+from clipvg.engine.steps import BATCH_KEYS
 
 SIZE, CONTEXT = 64, 24
 WORLD = SynthConfig(image_size=80, train_images=6, val_images=7, test_images=3)
@@ -51,6 +52,7 @@ def test_eval_stream_matches_the_per_sample_local_path(ray_local, world):
     plan = st.plan_split(world, "val", EVAL)
     batches, report = stream(plan, EVAL)
     rows = by_id(batches)
+    assert all(set(b) == set(BATCH_KEYS) for b in batches)  # the batch contract of engine/steps.py
     local = GroundingDataset(world, "val")
     assert len(rows) == len(local) == report.rows and report.failed == []
     for k, record in enumerate(local.records):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from clipvg.engine.batching import build_loader, ensure_dataset
-from clipvg.engine.steps import build_optimizer, evaluate, lr_factor, train_step
+from clipvg.engine.steps import BATCH_KEYS, build_optimizer, evaluate, lr_factor, train_step
 from clipvg.model import build_model
 
 
@@ -57,6 +57,7 @@ def test_eval_batches_name_each_samples_image(tiny_run):
     loader = build_loader(cfg, ensure_dataset(cfg), "val", train=False)
     image_of = {r.sample_id: r.image_id for r in loader.dataset.records}
     for batch in loader:
+        assert set(batch) == set(BATCH_KEYS)  # the contract the Ray stream's batches keep too
         assert batch["image_id"] == [image_of[s] for s in batch["sample_id"]]
 
 
