@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 # Ray is imported only by these packages (and by ray_jobs/, outside clipvg/).
-RAY_PACKAGES = ("clipvg.distributed", "clipvg.bench")
+RAY_PACKAGES = ("clipvg.distributed",)
 
 # Known upward imports, each with the reason it is still there. Empty this, do not grow it.
 PENDING: dict[tuple[str, str], str] = {}

@@ -102,14 +102,10 @@ def _start_moto():
 
 
 def _init_ray(args) -> None:
-    import ray
-
-    from clipvg.distributed.local_ray import init_ray
+    from clipvg.distributed.local_ray import init_ray, quiet_data
 
     init_ray(args.address, args.cpus, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    quiet_data()
 
 
 # (name, per_sample, train, materialize); object storage gets the first two only
@@ -300,12 +296,10 @@ def run_score(args: argparse.Namespace) -> int:
         return 2
     use_ray = device == "cpu" and not args.replica_only  # GPU: samples/s per GPU, one replica
     if use_ray:
-        import ray
-
-        from clipvg.distributed.local_ray import init_ray
+        from clipvg.distributed.local_ray import init_ray, quiet_data
 
         init_ray(args.address, args.cpus if args.cpus > 1 else 3, log_to_driver=False)  # 2 actors + 1
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        quiet_data()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = bs.run_benchmark(args, model, device, use_ray)
@@ -323,12 +317,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     cuda = torch.cuda.is_available()
     if args.address:
-        import ray
-
-        from clipvg.distributed.local_ray import init_ray
+        from clipvg.distributed.local_ray import cluster_gpus, init_ray
 
         init_ray(args.address)
-        cuda = ray.cluster_resources().get("GPU", 0) > 0  # the task runs where the GPUs are
+        cuda = cluster_gpus() > 0  # the task runs where the GPUs are
     try:
         cfg, cases, device, steps, warmup = _train_setup(args, cuda)
     except (ValueError, RuntimeError) as err:

@@ -214,11 +214,11 @@ def run_on_ray(model_cfg: ModelConfig, cases: list[TrainCase], device: str, step
     """:func:`run_benchmark` inside one Ray task (one GPU when ``device`` is CUDA), so a job
     submitted to a cluster measures a worker's accelerator rather than the head node's.
     Ray must already be initialised; the task's torch threads = its ``cpus``."""
-    import ray
+    from clipvg.distributed.local_ray import run_as_task
 
     gpus = 1 if torch.device(device).type == "cuda" else 0
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_remote_benchmark)
-    return ray.get(task.remote(model_cfg, cases, device, steps, warmup, cpus))
+    return run_as_task(_remote_benchmark, model_cfg, cases, device, steps, warmup, cpus,
+                       num_cpus=cpus, num_gpus=gpus)
 
 
 def _remote_benchmark(model_cfg, cases, device, steps, warmup, cpus):

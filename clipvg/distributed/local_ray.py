@@ -23,6 +23,29 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_
              log_to_driver=log_to_driver, configure_logging=False)
 
 
+def quiet_data() -> None:
+    """Ray Data without progress bars or start-of-execution lines (a benchmark prints a table)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def cluster_gpus() -> float:
+    """GPUs of the connected cluster (Ray must be initialised)."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0)
+
+
+def run_as_task(fn, *args, num_cpus: float = 1, num_gpus: float = 0):
+    """``fn(*args)`` in one Ray task with these resources, e.g. on a node that has the GPU."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(fn).remote(*args))
+
+
 def add_ray_arguments(parser) -> None:
     """``--address`` and ``--num-cpus``, shared by every command that runs on Ray."""
     parser.add_argument("--address", default=None,
