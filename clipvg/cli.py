@@ -16,6 +16,7 @@ import argparse
 import importlib
 import os
 import sys
+from urllib.parse import urlsplit
 
 from clipvg import __version__
 from clipvg.errors import InterruptedRun, UserError
@@ -77,8 +78,6 @@ def _chain(err: BaseException):
 
 
 def _endpoint(url: str) -> str:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
 
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug or (user is None and line is None):
             raise
         if user is not None:
-            from clipvg.config import ConfigError
+            from clipvg.config import ConfigError  # deferred: yaml and the schema, ~0.15 s of every start
 
             kind = "config error: " if isinstance(user, ConfigError) else ""
             line, code = f"{kind}{_one_line(user) or type(user).__name__}", user.exit_code

@@ -18,7 +18,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from clipvg.config import ModelConfig
+from clipvg.data.text import EmptyTextError, TextTooLongError, bpe_ids, prepare_text, tokenize
+from clipvg.data.transforms import canvas_to_image_box, eval_transform
 from clipvg.errors import UserError
+from clipvg.model import load_model
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,6 @@ def predict(model: torch.nn.Module, model_cfg: ModelConfig, image: Image.Image, 
     is clamped to the canvas, as in evaluation, then mapped back through the letterbox. A text
     with no BPE token raises :class:`~clipvg.errors.UserError`.
     """
-    from clipvg.data.text import EmptyTextError, TextTooLongError, bpe_ids, prepare_text, tokenize
-    from clipvg.data.transforms import canvas_to_image_box, eval_transform
-
     size = model_cfg.image_size
     text = prepare_text(text)
     try:
@@ -99,7 +99,7 @@ def run(args) -> int:
         raise UserError(f"cannot read image {args.image}: {err}") from None
     if not Path(args.checkpoint).is_dir():
         raise UserError(f"checkpoint folder {args.checkpoint} does not exist")
-    from clipvg.model import load_model
+    # deferred: loads matplotlib; paid only when this runs, not on import
     from clipvg.viz import draw_boxes
 
     model = load_model(args.checkpoint)

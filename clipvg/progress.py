@@ -19,6 +19,8 @@ import shutil
 import sys
 from typing import TYPE_CHECKING, Iterable, TypeVar
 
+from tqdm import tqdm
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
@@ -44,8 +46,6 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str | None =
     ``total`` defaults to ``len(iterable)`` when it has one. The bar is removed when the loop
     ends (``leave=False``), so the lines a loop prints itself (an epoch summary) stay readable.
     """
-    from tqdm import tqdm
-
     show = show_progress(enabled)
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]

@@ -237,3 +237,59 @@ def test_ray_outside_its_packages_and_a_module_in_no_layer_fail(tmp_path):
                              "high/b.py": "import ray\n", "other.py": ""})
     assert check_imports(root, PLANT_LAYERS, ("pkg.high",)) == [
         "pkg.low.a:2 imports ray.data outside pkg.high", "pkg.other: in no layer of the table"]
+
+
+# ------------------------------------------------------------------------------ deferred imports
+# Files whose function-level imports still lack their reason (being edited for issue 19 when the
+# rule came in). Empty this, do not grow it.
+UNCOMMENTED_PENDING: set[str] = {
+    "clipvg/bench/cli.py", "clipvg/bench/data.py", "clipvg/bench/score.py", "clipvg/bench/train.py",
+    "clipvg/data/transforms.py", "clipvg/distributed/inference.py", "clipvg/distributed/scoring.py",
+    "clipvg/distributed/trainer.py", "clipvg/distributed/worker.py", "clipvg/engine/batching.py",
+    "clipvg/engine/local.py", "clipvg/model/backbone.py",
+}
+
+
+def uncommented_deferred_imports(path: Path) -> list[int]:
+    """Lines of imports inside functions with no comment saying why they are deferred: a
+    comment on the import's line, on an import line above it in its block of consecutive
+    imports, or on the line just above that block."""
+    lines = path.read_text().splitlines()
+    tree = ast.parse("\n".join(lines), str(path))
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or "#" in lines[node.lineno - 1]:
+                continue
+            above = node.lineno - 2
+            while above >= 0 and lines[above].strip().startswith(("import ", "from ")):
+                if "#" in lines[above]:  # the block's reason, after its first import
+                    break
+                above -= 1
+            if above < 0 or "#" not in lines[above]:
+                found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_imports_sit_at_module_top_unless_deferred_with_a_reason():
+    """A deferred import must say why (start-up time: torch, Ray, matplotlib); anything else
+    belongs at the top of its module, where a reader sees the file's dependencies."""
+    bad = {}
+    for module, path in module_names(REPO / "clipvg").items():
+        rel = str(path.relative_to(REPO))
+        lines = uncommented_deferred_imports(path)
+        if lines and rel not in UNCOMMENTED_PENDING:
+            bad[rel] = lines
+    assert bad == {}
+    clean = {f for f in UNCOMMENTED_PENDING if not uncommented_deferred_imports(REPO / f)}
+    assert clean == set(), "these files are clean now: remove them from UNCOMMENTED_PENDING"
+
+
+def test_the_deferred_import_rule_sees_a_bare_one_and_accepts_a_reasoned_block(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import os\n\n\ndef f():\n    import json\n    return json\n\n\n"
+                    "def g():\n    # deferred: loads torch\n    import torch\n    from torch import nn\n"
+                    "    import math  # stdlib, but a reason is a reason\n")
+    assert uncommented_deferred_imports(path) == [5]

@@ -35,9 +35,10 @@ import json
 import os
 import posixpath
 import re
+import sys
 import uuid
-from urllib.parse import urlparse
 from typing import Any, Iterable
+from urllib.parse import urlparse
 
 import fsspec
 import pyarrow as pa
@@ -45,6 +46,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+from clipvg.errors import UserError
 
 PARQUET_SUFFIX = ".parquet"
 DEFAULT_PART = "part-00000.parquet"
@@ -98,8 +101,6 @@ def endpoint_of(**storage_options: Any) -> str:
 
 def check_uri(uri: str) -> None:
     """Refuse a mangled URI (``s3:/bucket``) before anything creates a local folder named so."""
-    from clipvg.errors import UserError
-
     if _MANGLED_URI.match(str(uri)):
         raise UserError(f"{uri!r} looks like a URI with one slash too few (did you mean "
                         f"{re.sub(r':/', '://', str(uri), count=1)!r}?); nothing was written")
@@ -114,8 +115,6 @@ def check_access(*uris: str | None, **storage_options: Any) -> None:
     :class:`~clipvg.errors.UserError` naming the endpoint - and nothing is sent anywhere else.
     Local paths and other schemes are only checked for mangling. None entries are skipped.
     """
-    from clipvg.errors import UserError
-
     checked: set[tuple[str, str]] = set()
     for uri in uris:
         if uri is None:
@@ -145,8 +144,6 @@ def check_access(*uris: str | None, **storage_options: Any) -> None:
 
 def _unreachable(err: BaseException) -> bool:
     """Whether ``err`` (or what caused it) is a failure to connect, not an answer."""
-    import sys
-
     botocore = sys.modules.get("botocore.exceptions")
     kinds = tuple(k for k in (getattr(botocore, "ConnectionError", None),
                               getattr(botocore, "ConnectTimeoutError", None)) if k is not None)

@@ -55,6 +55,7 @@ class TokenizedText:
 @functools.lru_cache(maxsize=1)
 def _bpe_tokenizer():
     """The open_clip CLIP tokenizer; built once per process (it parses the 1.3 MB vocab file)."""
+    # deferred: loads open_clip; paid only when this runs, not on import
     from open_clip.tokenizer import SimpleTokenizer
 
     tok = SimpleTokenizer()

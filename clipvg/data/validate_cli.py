@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clipvg.data import storage
+from clipvg.data.validate import validate_dataset
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("uri", help="dataset root: a path or URI (s3://...)")
@@ -37,13 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipvg.data.schema import SchemaError  # heavy imports only when the command runs
-    from clipvg.data.validate import validate_dataset
 
     if (args.max_text_tokens is not None and args.max_text_tokens < 1) or args.threads < 1:
         print("clipvg validate: error: --max-text-tokens and --threads must be >= 1",
               file=sys.stderr)
         return 2
-    from clipvg.data import storage
 
     options = storage.options_from_config(None, endpoint_url=args.endpoint_url)
     storage.check_access(args.uri, **options)

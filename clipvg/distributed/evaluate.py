@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 from clipvg.config import Config
 from clipvg.data import storage
 from clipvg.data.schema import BOX_TYPE
+from clipvg.distributed.evaluate_report import write_outputs
 from clipvg.errors import UserError
 
 CONTROL_TAG = "#shuffled-text"  # sample_id suffix of a control row
@@ -97,11 +98,13 @@ def check_out(out_uri: str, overwrite: bool, **storage_options: Any) -> list[str
 
 def resolve_checkpoint(checkpoint: str, **storage_options: Any) -> tuple[str, dict]:
     """(model folder, its model_config.json): ``checkpoint`` itself, or a run's ``best/``."""
+    # deferred: loads torch; paid only when this runs, not on import
     from clipvg.distributed.inference import read_model_config
 
     if checkpoint.endswith((".pth", ".pt")):
         raise UserError(f"--checkpoint {checkpoint}: an official checkpoint file; convert it first "
                         f"(clipvg convert-official {checkpoint} MODEL_DIR) and pass MODEL_DIR")
+    # deferred: loads torch; paid only when this runs, not on import
     from clipvg.model.io import WEIGHTS_FILE
 
     for folder in (checkpoint, storage.join(checkpoint, "best")):
@@ -144,6 +147,7 @@ def foreign_texts(image_ids: list[str], chunk: int, seed: int = CONTROL_SEED) ->
     """Per row, the row whose text the shuffled-text control shows it (None: no text of another
     image). Rows are taken ``chunk`` at a time in order, each chunk drawing from itself plus the
     previous chunk, as :class:`~clipvg.engine.control.TextShuffler` does batch by batch."""
+    # deferred: loads torch; paid only when this runs, not on import
     from clipvg.engine.control import foreign_text_assignment
 
     rng, out, previous = random.Random(seed), [], range(0)
@@ -203,6 +207,7 @@ def prepare(checkpoint: str, data_uri: str, splits: list[str], out_uri: str, cfg
 def predictions(job: EvalJob, scores: pa.Table) -> pa.Table:
     """The PREDICTIONS_SCHEMA table of the splits' rows from the score rows of ``job.samples``
     (in that order: the own rows, then the control rows)."""
+    # deferred: loads torch; paid only when this runs, not on import
     from clipvg.engine.metrics import ACC_IOU_THRESHOLD
 
     n, own = job.rows, job.samples.slice(0, job.rows)
@@ -226,8 +231,10 @@ def predictions(job: EvalJob, scores: pa.Table) -> pa.Table:
 def summary(pred: pa.Table, failed_ids: bool = True) -> dict:
     """Acc@0.5 of a predictions table (keys as ``EvalResult.summary`` plus the row counts):
     ``acc`` over the rows evaluated (None when none), ``acc_failed_as_wrong`` over all rows."""
+    # deferred: loads torch; paid only when this runs, not on import
     import torch
 
+    # deferred: loads torch; paid only when this runs, not on import
     from clipvg.engine.control import control_summary
     from clipvg.engine.metrics import AccuracyMeter
 
@@ -267,8 +274,8 @@ def metrics(job: EvalJob, pred: pa.Table, seconds: float) -> dict:
 def run(job: EvalJob, *, gallery: int = 12, progress: bool | None = None) -> dict:
     """Evaluate ``job`` on the Ray cluster this process is connected to, write the outputs under
     ``job.out_uri`` and return metrics.json's content."""
+    # deferred: loads Ray and torch; paid only when this runs, not on import
     from clipvg.data.fanout import FanOutSpec
-    from clipvg.distributed.evaluate_report import write_outputs
     from clipvg.distributed.inference import infer
     from clipvg.distributed.streaming import plan_split
 

@@ -21,6 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from clipvg.config import load_config
+from clipvg.distributed import evaluate
+from clipvg.distributed.local_ray import add_ray_arguments, init_ray
+from clipvg.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
@@ -39,7 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPUs per replica, e.g. 1 or 0.5 (= curriculum.scoring.gpus_per_actor)")
     parser.add_argument("--gallery", type=int, default=12,
                         help="how many of the worst predictions worst.png draws (0: none)")
-    from clipvg.distributed.local_ray import add_ray_arguments
 
     add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.precision=fp32")
@@ -47,9 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args) -> tuple:
     """(config, data URI, splits) of the arguments; UserError for what is missing."""
-    from clipvg.config import load_config
-    from clipvg.errors import UserError
-
     overrides = list(args.overrides)
     if args.endpoint_url:
         overrides.append(f"storage.endpoint_url={args.endpoint_url}")
@@ -70,9 +71,6 @@ def load(args) -> tuple:
 
 
 def run(args) -> int:
-    from clipvg.distributed import evaluate
-    from clipvg.distributed.local_ray import init_ray
-
     cfg, data, splits = load(args)
     job = evaluate.prepare(args.checkpoint, data, splits, args.out, cfg, overwrite=args.overwrite)
     pool = job.cfg.curriculum.scoring

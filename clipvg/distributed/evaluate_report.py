@@ -56,6 +56,7 @@ def worst(pred: pa.Table, n: int) -> list[dict]:
 
 def _images(root: str, image_ids: list[str], **storage_options: Any) -> dict:
     """image_id -> decoded RGB image (from a file or the table's bytes); unreadable ones left out."""
+    # deferred: loads torch; paid only when this runs, not on import
     from clipvg.data.fanout import decode
 
     where = storage.join(root, "images")
@@ -76,6 +77,7 @@ def _images(root: str, image_ids: list[str], **storage_options: Any) -> dict:
 
 def gallery_png(pred: pa.Table, root: str, n: int, **storage_options: Any) -> bytes | None:
     """PNG bytes of the ``n`` worst predictions (None when nothing was evaluated)."""
+    # deferred: loads matplotlib; paid only when this runs, not on import
     from clipvg.viz import plot_prediction_grid
 
     rows = worst(pred, n)

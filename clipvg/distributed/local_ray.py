@@ -11,6 +11,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_
     ``RAY_ADDRESS``), else start a private Ray on 127.0.0.1 for this process (token auth off:
     nothing else can reach it). ``dashboard``: Ray Tune runs that nest Ray Train need it (without
     it the first trial's placement group is never released, see docs/platform-notes)."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray
 
     if ray.is_initialized():
@@ -25,6 +26,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_
 
 def quiet_data() -> None:
     """Ray Data without progress bars or start-of-execution lines (a benchmark prints a table)."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -34,6 +36,7 @@ def quiet_data() -> None:
 
 def cluster_gpus() -> float:
     """GPUs of the connected cluster (Ray must be initialised)."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray
 
     return ray.cluster_resources().get("GPU", 0)
@@ -41,6 +44,7 @@ def cluster_gpus() -> float:
 
 def run_as_task(fn, *args, num_cpus: float = 1, num_gpus: float = 0):
     """``fn(*args)`` in one Ray task with these resources, e.g. on a node that has the GPU."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray
 
     return ray.get(ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(fn).remote(*args))

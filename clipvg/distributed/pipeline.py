@@ -41,10 +41,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from clipvg.config import Config, PoolEntry, check_launcher, load_config, to_dict
 from clipvg.curriculum import schedulers
 from clipvg.curriculum.manifest import StageManifests, stage_key
+from clipvg.curriculum.selection import subset_sizes
 from clipvg.data import storage
+from clipvg.distributed.local_ray import add_ray_arguments, init_ray
+from clipvg.distributed.pseudo_stage import generate_source
+from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator, search_orders
 from clipvg.errors import InterruptedRun, UserError
 
 log = logging.getLogger("clipvg.pipeline")
@@ -148,8 +155,6 @@ class Pipeline:
         return dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, uri=world, train_pool=[]))
 
     def evaluator(self, epochs: int, sequential: bool = False):
-        from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator
-
         cls = SequentialEvaluator if sequential else TuneEvaluator
         return cls(self.base(), trials_root=self.uri("trials"), tune_root=self.uri("tune"), epochs=epochs)
 
@@ -227,6 +232,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------- stages
     def _world(self) -> dict:
+        # deferred: loads torch; paid only when this runs, not on import
         from clipvg.engine.batching import ensure_dataset
 
         uri = ensure_dataset(self.cfg)
@@ -236,8 +242,6 @@ class Pipeline:
         return {"uri": uri, "counts": manifest.get("counts", {})}
 
     def _pseudo(self, source: str) -> dict:
-        from clipvg.distributed.pseudo_stage import generate_source
-
         out = self.uri("pseudo", source)
         rows = generate_source(self.outputs["world"]["uri"], source, out, seed=self.cfg.data.seed,
                                options=self.cfg.curriculum.generators.get(source, {}),
@@ -259,11 +263,8 @@ class Pipeline:
         """Every source scored by ``measurer``, in one Ray Data job (the actor pool starts once:
         replicas import torch and load the model, seconds each), then one scores table and
         histogram (json, png) per source."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
+        # deferred: loads matplotlib and torch; paid only when this runs, not on import
         from clipvg.curriculum.plots import score_histograms
-        from clipvg.curriculum.selection import subset_sizes
         from clipvg.distributed.scoring import score_samples, summary
 
         model_dir = storage.join(self.outputs["measurers"][measurer]["run_dir"], "best")
@@ -309,8 +310,6 @@ class Pipeline:
         else:
             order = self.sources
             if c.source_order == "search" and len(self.sources) > 1:
-                from clipvg.distributed.tuning import search_orders
-
                 order_accs = search_orders(self.base(), schedulers.all_orders(self.sources), run_msa,
                                            trials_root=self.uri("trials"), tune_root=self.uri("tune"),
                                            epochs=self.trial_epochs)
@@ -365,7 +364,6 @@ def _step(step: schedulers.MsaStep) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML run config (make demo: configs/demo.yaml)")
-    from clipvg.distributed.local_ray import add_ray_arguments
 
     add_ray_arguments(parser)
     parser.add_argument("--until", default=None, metavar="STAGE",
@@ -379,7 +377,6 @@ def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
     cfg = load_config(args.config, args.overrides, launcher="pipeline")
-    from clipvg.distributed.local_ray import init_ray
 
     # Ctrl-C stops the pipeline at once (a rerun continues it). Tune's own handler would end
     # the running search early and hand back unfinished trials as if the search were done.

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipvg.data import storage
+from clipvg.data.schema import SAMPLES, SAMPLES_SCHEMA, validate_table
+from clipvg.pseudo.generate import generate_for_images
 
 RECORD_TABLES = ("detections", "triplets", "captions")
 
@@ -70,8 +72,6 @@ def unnest(batch: pa.Table, name: str) -> pa.Table | None:
 
 def generate_batch(batch: pa.Table, *, source: str, seed: int, dataset: str, options: dict) -> pa.Table:
     """Ray Data UDF: the pseudo-labels of a batch of nested image rows."""
-    from clipvg.pseudo.generate import generate_for_images
-
     images = batch.drop_columns([c for c in RECORD_TABLES if c in batch.column_names])
     return generate_for_images(source, images, unnest(batch, "detections"), unnest(batch, "triplets"),
                                unnest(batch, "captions"), seed=seed, split="train", dataset=dataset,
@@ -83,9 +83,10 @@ def generate_source(root: str, source: str, out_uri: str, *, seed: int, options:
                     batch_size: int = 256, **storage_options: Any) -> int:
     """Generate source ``source`` for every image of ``split`` of the dataset at ``root`` and
     write it to ``out_uri`` (a samples table). Returns the number of pseudo-labels."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray
 
-    from clipvg.data.schema import SAMPLES, SAMPLES_SCHEMA, validate_table
+    # deferred: loads Ray and torch; paid only when this runs, not on import
     from clipvg.distributed.streaming import task_resources
 
     images = storage.read_table(storage.join(root, "images"), columns=["image_id", "width", "height", "split"],

@@ -18,7 +18,9 @@ import argparse
 import posixpath
 
 from clipvg.config import load_config
+from clipvg.curriculum.selection import subset_sizes
 from clipvg.data import storage
+from clipvg.distributed.local_ray import add_ray_arguments, init_ray
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=None,
                         help="source name in the table (default: the samples' source column when it "
                              "holds one value, else the samples folder's name)")
-    from clipvg.distributed.local_ray import add_ray_arguments
 
     add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. curriculum.scoring.actors=2")
@@ -52,11 +53,10 @@ def default_source(samples, samples_uri: str) -> str:
 
 
 def run(args) -> int:
+    # deferred: loads matplotlib and torch; paid only when this runs, not on import
     from clipvg.curriculum.plots import score_histograms
-    from clipvg.curriculum.selection import subset_sizes
-    from clipvg.engine.batching import ensure_dataset
-    from clipvg.distributed.local_ray import init_ray
     from clipvg.distributed.scoring import score_samples, summary
+    from clipvg.engine.batching import ensure_dataset
 
     cfg = load_config(args.config, args.overrides)
     options = storage.options_from_config(cfg.storage)

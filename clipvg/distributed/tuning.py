@@ -17,14 +17,17 @@ prefix, a rerun after an interruption) cost nothing the second time.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from typing import Any, Callable, Sequence
 
-from clipvg.config import Config
+from clipvg.config import Config, to_dict
 from clipvg.curriculum.schedulers import Candidate, MsaResult, Outcome
-from clipvg.curriculum.selection import pool_key
+from clipvg.curriculum.selection import EmptyPool, pool_key, read_pool
 from clipvg.data import storage
+from clipvg.distributed.trainer import train
 
 log = logging.getLogger("clipvg.tuning")
 METRIC = "val_acc"
@@ -33,11 +36,6 @@ METRIC = "val_acc"
 def training_key(cfg: Config) -> str:
     """What a training's result depends on besides its pool: model, recipe, data handling,
     worker count and launcher (a changed setting must not reuse an old run)."""
-    import hashlib
-    import json
-
-    from clipvg.config import to_dict
-
     d = to_dict(cfg)
     part = {"model": d["model"], "train": {k: v for k, v in d["train"].items() if k not in ("resume", "max_failures")},
             "data": {k: v for k, v in d["data"].items() if k not in ("uri", "train_pool")},
@@ -73,13 +71,14 @@ def train_pool(base: Config, pool: list, *, trials_root: str, epochs: int,
     if done is not None:
         return done
     if base.curriculum.launcher == "in_trial":
+        # deferred: loads torch; paid only when this runs, not on import
         import torch
 
+        # deferred: loads open_clip; paid only when this runs, not on import
         from clipvg.engine.local import train_local_to_storage
 
         torch.set_num_threads(max(1, int(base.scaling.cpus_per_worker)))
         return train_local_to_storage(cfg)
-    from clipvg.distributed.trainer import train
 
     return train(cfg, callbacks)
 
@@ -96,6 +95,7 @@ def outcome(candidate: Candidate, history: dict | None, last: dict | None = None
 def _pool_trial(config: dict, *, base: Config, candidates: list, trials_root: str, epochs: int,
                 per_epoch: bool) -> None:
     """Tune function trainable: train one candidate pool with a TorchTrainer."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -119,8 +119,6 @@ class TuneEvaluator:
     def _empty(self, c: Candidate) -> bool:
         """A pool that selects nothing (e.g. a threshold above every reliability) is not
         trained: its outcome has no accuracy, so it never wins."""
-        from clipvg.curriculum.selection import EmptyPool, read_pool
-
         if not c.pool:
             return False
         try:
@@ -145,6 +143,7 @@ class TuneEvaluator:
         return results
 
     def _tune(self, todo: list[Candidate]) -> dict[int, dict]:
+        # deferred: loads Ray; paid only when this runs, not on import
         from ray import tune
 
         c = self.base.curriculum
@@ -172,12 +171,14 @@ class TuneEvaluator:
 def run_tune(base: Config, trainable: Any, space: dict, *, name: str, tune_root: str, per_epoch: bool,
              max_t: int):
     """One Tune run on the connected cluster, its state under ``tune_root/name``."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray.tune
     from ray import tune
 
     c = base.curriculum
     scheduler = None
     if per_epoch:
+        # deferred: loads Ray; paid only when this runs, not on import
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(time_attr="epoch", grace_period=c.asha_grace_epochs, max_t=max_t)
@@ -214,6 +215,7 @@ class SequentialEvaluator(TuneEvaluator):
 
 def _order_trial(config: dict, *, base: Config, run_msa: Callable, trials_root: str, tune_root: str,
                  epochs: int) -> None:
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray.tune
 
     evaluator = SequentialEvaluator(base, trials_root=trials_root, tune_root=tune_root, epochs=epochs)
@@ -225,6 +227,7 @@ def search_orders(base: Config, orders: Sequence[tuple], run_msa: Callable[[list
                   trials_root: str, tune_root: str, epochs: int) -> dict[tuple, float]:
     """MSA's source order as a Tune search: one trial per order. Returns order -> the final
     pool's validation accuracy. ``run_msa(order, evaluate)`` must be picklable."""
+    # deferred: loads Ray; paid only when this runs, not on import
     from ray import tune
 
     trainable = tune.with_parameters(_order_trial, base=base, run_msa=run_msa, trials_root=trials_root,

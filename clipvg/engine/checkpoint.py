@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from clipvg.config import Config, save_config
@@ -215,6 +216,7 @@ def _parse_state(folder: Path) -> tuple[TrainState, dict]:
 
 
 def _model_config_dict(model: nn.Module) -> dict:
+    # deferred: loads open_clip; paid only when this runs, not on import
     from clipvg.model.clipvg import offline_config
 
     # through JSON, so tuples/lists and the like compare as they were written
@@ -248,8 +250,6 @@ def _check_model_config(folder: Path, model: nn.Module) -> None:
 
 
 def _read_weights(folder: Path, model: nn.Module) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
     path = _require(folder, WEIGHTS_FILE)
     try:
         weights = load_file(str(path))

@@ -194,6 +194,7 @@ def model_config_from_official(config_json: dict[str, Any]) -> ModelConfig:
 
 
 def _with_text_heads(arch: str | dict, heads: int) -> dict:
+    # deferred: loads open_clip; paid only when this runs, not on import
     import open_clip
 
     cfg = open_clip.get_model_config(arch) if isinstance(arch, str) else json.loads(json.dumps(arch))
@@ -242,6 +243,7 @@ def convert_official(src: str | Path, out: str | Path, official_config: str | Pa
                                   "--text-heads")
     else:
         cfg = model_config_from_args(ckpt.args, arch, text_heads)
+    # deferred: loads open_clip; paid only when this runs, not on import
     from clipvg.model.clipvg import build_model
 
     try:

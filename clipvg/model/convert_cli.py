@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # e.g. OUT not writable
         print(f"clipvg convert-official: error: {e}", file=sys.stderr)
         return 2
+    # deferred: loads open_clip; paid only when this runs, not on import
     from clipvg.model.clipvg import count_parameters
 
     total, trainable = count_parameters(model)

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from clipvg.config import ConfigError, ModelConfig, from_dict
@@ -51,8 +53,7 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
 def export_model(model: CLIPVG, folder: str | Path) -> Path:
     """Write ``model.safetensors`` and ``model.config`` as ``model_config.json`` (weight
     sources cleared: the weights now live in the folder)."""
-    from safetensors.torch import save_file
-
+    # deferred: loads open_clip; paid only when this runs, not on import
     from clipvg.model.clipvg import offline_config
 
     folder = Path(folder)
@@ -79,9 +80,6 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a ``model.safetensors`` file. Only the safetensors format is read (a
     header of JSON, then raw bytes): a pickle saved under that name is refused, never loaded.
     Raises :class:`ConversionError` naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     try:
         return load_file(str(path), device="cpu")
@@ -99,6 +97,7 @@ def load_model(folder: str | Path) -> CLIPVG:
     fit the config, raise :class:`ConversionError` naming the file; the weights are read (and
     checked) before the model is built.
     """
+    # deferred: loads open_clip; paid only when this runs, not on import
     from clipvg.model.clipvg import build_model, offline_config
 
     folder = Path(folder)

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from clipvg.config import ModelConfig, SynthConfig
 from clipvg.data.text import tokenize
 from clipvg.data.transforms import NORM_STATS
+from clipvg.model.backbone import build_clip
+from clipvg.model.clipvg import offline_config
 from clipvg.pretrain.objective import TowerPretrainer
 from clipvg.pretrain.scenes import Scene, make_scene
 
@@ -124,10 +127,6 @@ def pretrain_towers(cfg: PretrainConfig, model_cfg: ModelConfig, out: str | Path
                     progress: bool = True) -> dict:
     """Pre-train ``model_cfg``'s towers from random init; write them to ``out``; return the
     final probe metrics."""
-    from clipvg.model.backbone import build_clip
-    from clipvg.model.clipvg import offline_config
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

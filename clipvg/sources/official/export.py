@@ -77,6 +77,7 @@ def export_official(samples: pa.Table, key: str, path_or_uri: str,
                     **storage_options: Any) -> int:
     """Write ``samples`` as an official split file for ``key`` with ``torch.save`` (the
     official code reads it with ``torch.load``). Returns the number of entries written."""
+    # deferred: loads torch; paid only when this runs, not on import
     import torch
 
     entries = official_entries(samples, key)

@@ -16,6 +16,8 @@ import dataclasses
 import time
 
 from clipvg.config import SynthConfig
+from clipvg.errors import UserError
+from clipvg.sources.synthetic.scenes import same_world, world_key, write_world
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +73,6 @@ def describe(manifest: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from clipvg.data import storage  # heavy imports only when the command runs
-    from clipvg.sources.synthetic.scenes import same_world, world_key, write_world
-    from clipvg.errors import UserError
 
     error = _check(args)
     if error:
