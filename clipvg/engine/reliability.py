@@ -36,6 +36,7 @@ from clipvg.data.fanout import padding_mask
 from clipvg.data.schema import BOX_TYPE
 from clipvg.data.transforms import normalize_images
 from clipvg.engine.metrics import eval_iou
+from clipvg.engine.precision import apply_precision, autocast_forward, compile_model
 from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE, load_model
 from clipvg.ops.boxes import cxcywh_to_xyxy
 
@@ -120,19 +121,19 @@ class ReliabilityScorer:
         device: "auto" (CUDA when available), "cpu", "cuda", ...
         precision: :mod:`clipvg.engine.precision` policy ("auto": bf16 autocast on CUDA).
         threads: torch intra-op threads of this process (None: leave as is).
-        autocast: also run the fusion and box head under bf16 autocast (the policy runs only
-            the towers in bf16, as training and validation do). Off by default: the reliabilities
-            then match the measurer's own evaluation numerics. On an H200, ViT-B-16: 3,665 vs
-            1,960 samples/s (the fp32 fusion GEMMs took 44% of the GPU time), |dr| <= 0.0033
-            (mean 0.0004) over 4,000 samples (measured).
+        autocast: run the whole forward under bf16 autocast (``curriculum.scoring.full_bf16``):
+            the ``bf16-all`` policy of training (:mod:`clipvg.engine.precision`) replaces
+            ``precision``, so the fusion and box head run in bf16 too. Off by default: the
+            reliabilities then match the measurer's own evaluation numerics. On an H200,
+            ViT-B-16: 3,665 vs 1,960 samples/s (the fp32 fusion GEMMs took 44% of the GPU
+            time), |dr| <= 0.0033 (mean 0.0004) over 4,000 samples (measured).
+        compile: ``torch.compile`` the replica's model (``curriculum.scoring.compile``).
     """
 
     def __init__(self, model: "CLIPVG | str", sample_ids: Sequence[str], image_sizes: Mapping[str, tuple],
                  *, size: int, normalize: str = "imagenet", batch_size: int = 64, device: str = "auto",
                  precision: str = "auto", threads: int | None = None, autocast: bool = False,
-                 storage_options: dict | None = None) -> None:
-        from clipvg.engine.precision import apply_precision  # lazy: open_clip (seconds) only for a replica
-
+                 compile: bool = False, storage_options: dict | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         if device == "auto":
@@ -140,7 +141,8 @@ class ReliabilityScorer:
         self.device = torch.device(device)
         if isinstance(model, str):
             model = load_measurer(model, **(storage_options or {}))
-        self.model = apply_precision(model.to(self.device).eval(), precision, self.device)
+        policy = "bf16-all" if autocast else precision
+        self.model = compile_model(apply_precision(model.to(self.device).eval(), policy, self.device), compile)
         self.sample_ids, self.image_sizes = list(sample_ids), dict(image_sizes)
         self.size, self.normalize, self.batch_size = size, normalize, batch_size
         self.autocast = autocast
@@ -170,7 +172,7 @@ class ReliabilityScorer:
         images = normalize_images(_tensor(batch["image"][part], dev), mask, self.normalize)
         at = torch.from_numpy(canvas).to(dev)
         tokens = _tensor(np.asarray(batch["tokens"][part])[canvas, slot], dev)
-        with torch.autocast(dev.type, torch.bfloat16, enabled=self.autocast):
+        with autocast_forward(self.model, dev.type):  # bf16-all when full_bf16, as in training
             pred = self.model(images.index_select(0, at), mask.index_select(0, at).to(torch.int64),
                               tokens, (tokens > 0).to(torch.int64)).float()  # official rule: id > 0
         target = _tensor(np.asarray(batch["target"][part])[canvas, slot], dev)

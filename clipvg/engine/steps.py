@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from clipvg.engine.control import TextShuffler, control_summary
 from clipvg.engine.loss import box_losses, similarity_map_loss
 from clipvg.engine.metrics import AccuracyMeter, eval_iou
+from clipvg.engine.precision import autocast_forward
 
 MODEL_INPUTS = ("image", "pixel_mask", "tokens", "token_mask")
 # What every batch builder returns (engine/batching.collate, distributed/streaming's model
@@ -42,9 +43,16 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def forward(model: nn.Module, batch: dict) -> Tensor:
-    """``(B, 4)`` predicted boxes for a batch."""
-    return model(*(batch[k] for k in MODEL_INPUTS))
+def forward(model: nn.Module, batch: dict, intermediates: bool = False) -> Tensor | dict:
+    """``(B, 4)`` float32 predicted boxes for a batch, under the model's precision policy
+    (``bf16-all``: the whole call under bf16 autocast, :func:`~clipvg.engine.precision.autocast_forward`).
+    ``intermediates``: the model's dict of every stage instead (boxes and similarity map float32)."""
+    inputs = [batch[k] for k in MODEL_INPUTS]
+    with autocast_forward(model, inputs[0].device.type):
+        out = model(*inputs, intermediates=True) if intermediates else model(*inputs)
+    if not intermediates:
+        return out.float()
+    return {**out, **{k: out[k].float() for k in ("pred_boxes", "similarity") if k in out}}
 
 
 def train_step(
@@ -53,17 +61,20 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     clip_grad_norm: float = 0.0,
     map_loss_weight: float = 0.0,
-) -> dict[str, float]:
-    """Forward, L1 + GIoU loss, backward, optimizer step. Returns the losses as floats.
+    sync: bool = True,
+) -> dict[str, float] | dict[str, Tensor]:
+    """Forward, L1 + GIoU loss (float32, outside any autocast), backward, optimizer step.
 
     ``map_loss_weight`` > 0 adds that times :func:`similarity_map_loss` (``loss_map``; the
-    model needs the similarity prior). Raises ``FloatingPointError`` on a non-finite loss (the
-    official trainer aborts too), so a diverged run stops loudly instead of writing NaN
-    checkpoints.
+    model needs the similarity prior). ``sync=True`` (``train.sync_every=1``): returns the
+    losses as floats and raises ``FloatingPointError`` on a non-finite loss before the update
+    (the official trainer aborts too), so a diverged run stops loudly instead of writing NaN
+    checkpoints. ``sync=False``: no host sync at all; returns the losses as detached 0-d
+    tensors on the device, to be read and checked later by :class:`StepLosses`.
     """
     model.train()
     if map_loss_weight > 0:
-        out = model(*(batch[k] for k in MODEL_INPUTS), intermediates=True)
+        out = forward(model, batch, intermediates=True)
         losses = box_losses(out["pred_boxes"], batch["target"])
         losses["loss_map"] = similarity_map_loss(out["similarity"], out["patch_mask"],
                                                  batch["target"], out["grid_size"])
@@ -71,7 +82,7 @@ def train_step(
     else:
         losses = box_losses(forward(model, batch), batch["target"])
     loss = losses["loss"]
-    if not torch.isfinite(loss):
+    if sync and not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {loss.item()} (samples {batch['sample_id'][:4]}...)")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -79,7 +90,55 @@ def train_step(
         params = [p for g in optimizer.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
     optimizer.step()
+    if not sync:
+        return {k: v.detach() for k, v in losses.items()}
     return {k: v.item() for k, v in losses.items()}
+
+
+class StepLosses:
+    """The losses of training steps, read on the host every ``every`` steps (``train.sync_every``).
+
+    Each step is :meth:`add`-ed with its losses (floats from ``train_step(sync=True)``, or 0-d
+    device tensors from ``sync=False``) and host values of the step (``step``, ``lr``, ...).
+    Every ``every`` steps (and at :meth:`read`, e.g. the end of an epoch) the queued losses
+    are stacked and copied to the host in one transfer, checked finite, and returned as one
+    record per step: the host values plus the float losses, in step order. A non-finite loss
+    raises ``FloatingPointError`` naming its step and the range read together (with
+    ``every > 1`` the optimizer has already applied the steps up to the read).
+    """
+
+    def __init__(self, every: int = 1):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+        self._queued: list[tuple[dict, dict]] = []
+
+    @property
+    def sync(self) -> bool:
+        """Whether each step must read its own losses (the ``sync`` of :func:`train_step`)."""
+        return self.every == 1
+
+    def add(self, losses: dict, **info) -> list[dict]:
+        """Queue one step; the records read now (``[]`` until ``every`` steps are queued)."""
+        self._queued.append((info, losses))
+        return self.read() if len(self._queued) >= self.every else []
+
+    def read(self) -> list[dict]:
+        """Every queued step as a record ``{**info, **losses as floats}``; the queue empties."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return []
+        keys = list(queued[0][1])
+        values = [[l[k] for k in keys] for _, l in queued]
+        if isinstance(values[0][0], Tensor):  # one device -> host copy for all of them
+            values = torch.stack([torch.stack(v).float() for v in values]).tolist()
+        records = [{**info, **dict(zip(keys, map(float, v)))} for (info, _), v in zip(queued, values)]
+        for r in records:
+            if not math.isfinite(r["loss"]):
+                first, last = records[0].get("step"), records[-1].get("step")
+                raise FloatingPointError(f"non-finite loss {r['loss']} at step {r.get('step')} "
+                                         f"(steps {first}-{last} read together, train.sync_every={self.every})")
+        return records
 
 
 @dataclass

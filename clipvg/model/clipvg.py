@@ -41,6 +41,20 @@ def compute_patch_mask(pixel_mask: Tensor, grid: tuple[int, int], mode: str = "o
     return torch.round(m).to(torch.bool).flatten(1)
 
 
+TEXT_ROUND = 8  # truncated text lengths are multiples of this: few distinct shapes to compile
+
+
+def truncate_tokens(tokens: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, L)`` tokens and mask cut to the first ``Lt`` positions, ``Lt`` = one past the last
+    real token of any row (mask != 0), rounded up to a multiple of :data:`TEXT_ROUND`, at most
+    ``L`` and at least 1. Reads ``Lt`` on the host (one sync)."""
+    L = tokens.shape[1]
+    positions = torch.arange(1, L + 1, device=token_mask.device)
+    longest = int((token_mask.ne(0) * positions).amax())
+    keep = min(L, max(1, -(-longest // TEXT_ROUND) * TEXT_ROUND))
+    return tokens[:, :keep], token_mask[:, :keep]
+
+
 class CLIPVG(nn.Module):
     """CLIP towers -> multi-layer visual and per-token text features -> fusion -> box.
 
@@ -50,10 +64,21 @@ class CLIPVG(nn.Module):
         patch_mask: ``"official"`` or ``"antialias"`` (see :func:`compute_patch_mask`).
         similarity_prior: optional :class:`SimilarityPrior` (needs towers that keep CLIP's
             ``ln_post``/``proj``); None = the official architecture.
+        truncate_text: run the text tower and the fusion on the first ``Lt`` token positions
+            only, ``Lt`` = the batch's longest expression rounded up to a multiple of
+            :data:`TEXT_ROUND` (at most the context length). Exact: the text attention mask is
+            causal, so real tokens never see the padding, and the fusion masks padded tokens
+            as keys and reads position 0 only. Costs one host sync per forward (``Lt`` is a
+            shape).
     """
 
+    # Set by clipvg.engine.precision.apply_precision ("bf16-all") and read by the engine's
+    # autocast_forward around each call; the model itself never reads it (it knows no devices).
+    forward_autocast_dtype: torch.dtype | None = None
+    truncate_text: bool = False  # a class default: instances of older pickles lack it
+
     def __init__(self, backbone: CLIPBackbone, fusion: VLFusion, patch_mask: str = "official",
-                 similarity_prior: SimilarityPrior | None = None):
+                 similarity_prior: SimilarityPrior | None = None, truncate_text: bool = False):
         super().__init__()
         d_model = fusion.pos_embed.embedding_dim
         expected = 1 + backbone.context_length + backbone.num_visual_tokens
@@ -67,6 +92,7 @@ class CLIPVG(nn.Module):
         if similarity_prior is not None and not backbone.keeps_aligned_head:
             raise ValueError("the similarity prior needs towers built with keep_aligned_head")
         self.similarity_prior = similarity_prior
+        self.truncate_text = truncate_text
 
     def patch_mask(self, pixel_mask: Tensor) -> Tensor:
         """``(B, S, S)`` pixel mask (1 = padding) -> ``(B, G*G)`` bool, True = ignored patch."""
@@ -79,11 +105,14 @@ class CLIPVG(nn.Module):
         Returns a dict with ``taps`` (list of ``(B, 1+G*G, Wv)``), ``visual_multilevel``
         ``(B, 1+G*G, n_taps*Wv)``, ``text_features`` ``(B, L, E)``, ``visu_src``
         ``(B, 1+G*G, D)``, ``text_src`` ``(B, L, D)``, ``patch_mask`` ``(B, G*G)``,
-        ``fusion_key_padding_mask`` ``(B, 1+L+1+G*G)``, ``fusion_out`` ``(B, 1+L+1+G*G, D)``,
+        ``fusion_key_padding_mask`` ``(B, 1+L+1+G*G)``, ``fusion_out`` ``(B, 1+L+1+G*G, D)``
+        (L = the context length, or the truncated length with ``truncate_text``),
         ``reg_out`` ``(B, D)``, ``pred_boxes`` ``(B, 4)`` and ``grid_size`` ``(Gh, Gw)``; with the similarity prior also
         ``similarity`` ``(B, 1+G*G)`` (the centred cosine map, 0 for CLS and padding).
         """
         self._check_inputs(image, pixel_mask, tokens, token_mask)
+        if self.truncate_text:
+            tokens, token_mask = truncate_tokens(tokens, token_mask)
         taps = self.backbone.forward_taps(image)
         multilevel = torch.cat(taps, dim=-1)
         text_features = self.backbone.encode_text_tokens(tokens)
@@ -99,7 +128,8 @@ class CLIPVG(nn.Module):
                                                   patch_pad)
             visu_src = self.similarity_prior(visu_src, similarity)
             extra["similarity"] = similarity
-        boxes, fusion_out = self.fusion(text_src, text_pad, visu_src, visu_pad)
+        boxes, fusion_out = self.fusion(text_src, text_pad, visu_src, visu_pad,
+                                        text_rows=self.backbone.context_length)
         kpm = torch.cat([text_pad.new_zeros(text_pad.shape[0], 1), text_pad, visu_pad], dim=1)
         return {
             **extra, "taps": taps, "visual_multilevel": multilevel, "text_features": text_features,
@@ -152,7 +182,7 @@ def build_model(cfg: ModelConfig) -> CLIPVG:
     conditioning = cfg.text_conditioning
     prior = (SimilarityPrior(d_model, conditioning.similarity_scale_init)
              if conditioning.similarity_prior else None)
-    model = CLIPVG(backbone, fusion, cfg.patch_mask, prior)
+    model = CLIPVG(backbone, fusion, cfg.patch_mask, prior, truncate_text=cfg.truncate_text)
     tuned = backbone.unfreeze_last_blocks(conditioning.tune_tower_blocks)
     ids = {id(p) for p in tuned}
     # parameter name -> lr multiplier (read by engine.steps.build_optimizer)

@@ -105,7 +105,7 @@ class VLFusion(nn.Module):
         return self.pos_embed.num_embeddings
 
     def forward(self, text_src: Tensor, text_pad: Tensor, visu_src: Tensor,
-                visu_pad: Tensor) -> tuple[Tensor, Tensor]:
+                visu_pad: Tensor, text_rows: int | None = None) -> tuple[Tensor, Tensor]:
         """Fuse text and visual tokens and regress the box.
 
         Args:
@@ -113,18 +113,26 @@ class VLFusion(nn.Module):
             text_pad: ``(B, Lt)`` bool, True = ignored token.
             visu_src: ``(B, Lv, D)`` projected visual tokens ``[CLS, patches]``.
             visu_pad: ``(B, Lv)`` bool, True = ignored token (CLS must be False).
+            text_rows: the text rows of the position table (the context length) when the text
+                is truncated to its first ``Lt <= text_rows`` positions (``model.truncate_text``:
+                text rows ``Lt..`` are skipped, the visual tokens keep their rows); None = the
+                text fills its rows.
         Returns:
-            ``boxes`` ``(B, 4)`` sigmoid ``(cx, cy, w, h)``; ``fusion_out`` ``(B, L, D)``.
+            ``boxes`` ``(B, 4)`` sigmoid ``(cx, cy, w, h)``; ``fusion_out`` ``(B, 1+Lt+Lv, D)``.
         """
-        B = text_src.shape[0]
+        B, Lt = text_src.shape[:2]
+        rows = Lt if text_rows is None else text_rows
         reg = self.reg_token.weight.unsqueeze(0).expand(B, -1, -1)
         x = torch.cat([reg, text_src, visu_src], dim=1)
-        if x.shape[1] != self.seq_len:
-            raise ValueError(f"fusion sequence has {x.shape[1]} tokens, the position table "
-                             f"{self.seq_len}")
+        if 1 + rows + visu_src.shape[1] != self.seq_len or Lt > rows:
+            raise ValueError(f"fusion sequence has {1 + rows + visu_src.shape[1]} tokens "
+                             f"({x.shape[1]} kept), the position table {self.seq_len}")
+        pos = self.pos_embed.weight
+        if rows != Lt:
+            pos = torch.cat([pos[:1 + Lt], pos[1 + rows:]])
         reg_pad = text_pad.new_zeros(B, 1)
         mask = torch.cat([reg_pad, text_pad, visu_pad], dim=1)
-        out = self.encoder(x, self.pos_embed.weight.unsqueeze(0), mask)
+        out = self.encoder(x, pos.unsqueeze(0), mask)
         boxes = self.box_head(out[:, 0]).sigmoid()
         return boxes, out
 

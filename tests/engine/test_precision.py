@@ -60,9 +60,9 @@ def test_resolve_precision_auto_and_names():
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
     assert resolve_precision("auto", "cuda") == "bf16"
-    for name in ("fp32", "bf16", "fp16-frozen"):
+    for name in ("fp32", "bf16", "bf16-all", "fp16-frozen"):
         assert resolve_precision(name, "cpu") == name
-    assert set(PRECISIONS) == {"auto", "fp32", "bf16", "fp16-frozen"}
+    assert set(PRECISIONS) == {"auto", "fp32", "bf16", "bf16-all", "fp16-frozen"}
     with pytest.raises(ValueError, match="unknown precision 'fp16'.*fp16-frozen"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="unknown precision"):
