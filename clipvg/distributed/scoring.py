@@ -55,7 +55,7 @@ def score_samples(model_dir: str, data_uri: str, samples: pa.Table, *, cfg: Conf
     this process is connected to. Returns the SCORES_SCHEMA table (one row per sample, in
     ``samples`` order) and writes it to ``out_uri`` if given. ``timings``: filled with
     ``first_row_s`` / ``seconds`` of the run (benchmarks)."""
-    from clipvg.distributed.streaming import plan_split
+    from clipvg.distributed.streaming import plan_split  # deferred: streaming imports Ray (seconds)
 
     options = storage.options_from_config(cfg.storage)
     spec = FanOutSpec.from_config(cfg, train=False)

@@ -26,6 +26,7 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from clipvg.config import ModelConfig
@@ -320,8 +321,6 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         raise WeightsLoadError(f"CLIP weights file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
