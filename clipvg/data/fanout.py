@@ -24,6 +24,14 @@ L = context length, K = slots)::
 
 Training draws each sample's augmentation from a ``random.Random`` seeded by
 (seed, epoch, sample_id), so a sample is augmented the same on any worker, in any order.
+
+With ``augment.backend: device`` a training group is instead ONE *image row* (decode once,
+ship once): the decoded pixels and, per slot, the drawn augmentation parameters; the consumer
+applies them on its device (:func:`clipvg.data.augment_torch.apply_batch`). Image row layout::
+
+    pixels       (H, W, 3)  uint8    the decoded image (sizes differ between rows: object column)
+    params       (K, P)     float64  AugmentParams.to_vector() per slot (P = PARAM_LEN)
+    sample_row, ok, target, tokens, image_id, error: as canvas rows
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from clipvg.config import AugmentConfig, Config
+from clipvg.data.augment import PARAM_LEN, draw_params
 from clipvg.data.text import prepare_text, tokenize
 from clipvg.data.transforms import eval_canvas, train_transform
 
@@ -153,11 +162,22 @@ def decode(data: bytes) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
+def image_rows(spec: FanOutSpec) -> bool:
+    """True when groups become image rows (device-backend training), else canvas rows."""
+    return spec.train and spec.augment.backend == "device"
+
+
 def _empty(spec: FanOutSpec, n: int) -> dict[str, np.ndarray]:
-    """``n`` canvas rows with every slot unused."""
+    """``n`` canvas (or image) rows with every slot unused."""
     s, k, length = spec.size, spec.slots, spec.context_length
+    if image_rows(spec):
+        pixels = np.empty(n, dtype=object)
+        pixels[:] = [np.zeros((0, 0, 3), np.uint8) for _ in range(n)]
+        head = dict(pixels=pixels, params=np.zeros((n, k, PARAM_LEN), np.float64))
+    else:
+        head = dict(image=np.zeros((n, 3, s, s), np.uint8), placed=np.zeros((n, 4), np.int32))
     return dict(
-        image=np.zeros((n, 3, s, s), np.uint8), placed=np.zeros((n, 4), np.int32),
+        **head,
         sample_row=np.full((n, k), -1, np.int64), ok=np.zeros((n, k), bool),
         target=np.zeros((n, k, 4), np.float32), tokens=np.zeros((n, k, length), np.int64),
         image_id=np.array([""] * n, dtype=object), error=np.array([""] * n, dtype=object),
@@ -225,12 +245,41 @@ def _train_rows(image: Image.Image, rows: GroupRows, spec: FanOutSpec, image_id:
     return out
 
 
+def _image_rows(image: Image.Image, rows: GroupRows, spec: FanOutSpec, image_id: str) -> dict:
+    """Device backend: ONE row for the group, the decoded pixels once plus each slot's drawn
+    augmentation (the same draws as :func:`_train_rows`: same seeds, same order)."""
+    n = len(rows.rows)
+    if n > spec.slots:
+        raise ValueError(f"image {image_id} has {n} samples, more than {spec.slots} slots")
+    out = _empty(spec, 1)
+    out["pixels"][0] = np.array(image, np.uint8)
+    out["image_id"][0] = image_id
+    errors = []
+    for k, (row, sid, box, text) in enumerate(zip(rows.rows, rows.sample_ids, rows.boxes, rows.texts)):
+        out["sample_row"][0, k] = row
+        if rows.text_errors[k]:
+            errors.append(f"{k}\t{rows.text_errors[k]}")
+            continue
+        rng = random.Random(f"{spec.seed}:{spec.epoch}:{sid}")  # as _train_rows
+        try:
+            params = draw_params(image.size[0], image.size[1], box, prepare_text(text, spec.prompt_template),
+                                 spec.augment, rng, spec.size)
+        except ValueError as exc:  # an invalid box
+            errors.append(f"{k}\t{type(exc).__name__}: {exc}")
+            continue
+        out["params"][0, k], out["target"][0, k] = params.to_vector(), params.target
+        out["tokens"][0, k], out["ok"][0, k] = rows.tokens[k], True
+    out["error"][0] = "\n".join(errors)
+    return out
+
+
 def fan_out(image: Image.Image | None, rows: GroupRows, spec: FanOutSpec, image_id: str,
             failure: str = "") -> dict[str, np.ndarray]:
-    """The canvas rows of one group; ``image=None`` with ``failure`` gives one row whose
-    slots all failed (so every sample of the group is reported, none lost)."""
+    """The canvas (or image) rows of one group; ``image=None`` with ``failure`` gives one row
+    whose slots all failed (so every sample of the group is reported, none lost)."""
     if image is not None:
-        return (_train_rows if spec.train else _eval_rows)(image, rows, spec, image_id)
+        build = _image_rows if image_rows(spec) else _train_rows if spec.train else _eval_rows
+        return build(image, rows, spec, image_id)
     n, k = (len(rows.rows), 1) if spec.slots == 1 else (1, len(rows.rows))
     out = _empty(spec, n)
     out["sample_row"][:, :k] = np.asarray(rows.rows, np.int64).reshape(n, k)

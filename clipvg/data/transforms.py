@@ -25,9 +25,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image
 
 from clipvg.config import AugmentConfig
+# Re-exported: the train augmentation's constants and helpers live in clipvg.data.augment.
+from clipvg.data.augment import (  # noqa: F401
+    BLUR_P, BLUR_RADIUS, CROP_ATTEMPTS, CROP_MAX, CROP_MIN, JITTER_P, JITTER_RANGE, SHORT_SIDES,
+    SPATIAL_WORDS, apply_params, centred as _centred, check_box as _check_box, draw_params, encode_box,
+    has_spatial_word, resized_size, train_scales,
+)
 
 def _clip_stats() -> tuple[tuple, tuple]:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -50,13 +56,6 @@ NORM_STATS = _Stats({
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": _clip_stats,
 })
-SPATIAL_WORDS = ("left", "right", "top", "bottom", "middle")
-SHORT_SIDES = (400, 500, 600)  # resize-short-side choices before the random crop
-# Crop sizes act on the 400-600 px intermediate image, which is independent of the canvas size,
-# so they stay fixed for every S.
-CROP_MIN, CROP_MAX, CROP_ATTEMPTS = 384, 600, 20
-JITTER_P, JITTER_RANGE = 0.8, (0.6, 1.4)
-BLUR_P, BLUR_RADIUS = 0.5, (0.1, 2.0)
 
 
 @dataclass(frozen=True)
@@ -81,21 +80,6 @@ class GroundingSample:
     placed_hw: tuple[int, int]
 
 
-def train_scales(size: int = 224) -> list[int]:
-    """Long-side choices of the scale augmentation: [224, 192, ..., 32] for S = 224.
-
-    For another canvas size S this generalises to round(S * (224 - 32 i) / 224), i = 0..6
-    (same fractions of the canvas; our choice, the official code only knows 224).
-    """
-    return [max(1, round(size * (224 - 32 * i) / 224)) for i in range(7)]
-
-
-def has_spatial_word(text: str) -> bool:
-    """Plain substring test, as official: "bright" and "topping" count too."""
-    low = text.lower()
-    return any(w in low for w in SPATIAL_WORDS)
-
-
 # --------------------------------------------------------------------------------------------
 # Helpers on (PIL image, float64 xyxy box)
 # --------------------------------------------------------------------------------------------
@@ -109,24 +93,13 @@ def _as_rgb(image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _check_box(box_xyxy, width: int, height: int) -> np.ndarray:
-    """Validate a pixel box and clamp it to the image [0,W] x [0,H]. Returns float64 (4,)."""
-    box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
-    if box.shape != (4,) or not np.all(np.isfinite(box)):
-        raise ValueError(f"box must be 4 finite numbers (x0,y0,x1,y1), got {box_xyxy!r}")
-    if box[2] < box[0] or box[3] < box[1]:
-        raise ValueError(f"box must have x1 >= x0 and y1 >= y0, got {box_xyxy!r}")
-    return np.clip(box, 0.0, [width, height, width, height])
-
-
 def _resize(img: Image.Image, box: np.ndarray, ratio: float):
     """Aspect-kept bilinear resize by ``ratio``; returns (image, box * ratio, ratio).
 
     The box gets the exact ratio while the image size is rounded, as in the official code.
     """
+    new = resized_size(img.size, ratio)
     w, h = img.size
-    # Python round as official; >= 1 so extreme aspect ratios do not produce a 0-px side.
-    new = (max(1, round(w * ratio)), max(1, round(h * ratio)))
     if new != (w, h):
         img = img.resize(new, Image.BILINEAR)
     return img, box * ratio, ratio
@@ -134,40 +107,6 @@ def _resize(img: Image.Image, box: np.ndarray, ratio: float):
 
 def _resize_long(img, box, side: int):
     return _resize(img, box, side / max(img.size))
-
-
-def _resize_short(img, box, side: int):
-    return _resize(img, box, side / min(img.size))
-
-
-def _random_crop(img: Image.Image, box: np.ndarray, rng: random.Random):
-    """Random size crop (§1.5): up to 20 attempts; returns (img, box, (left, top) or None).
-
-    The acceptance test compares the box centre-x with the crop's *top* and centre-y with its
-    *left*: an x/y mix-up inherited from TransVG that we keep for fidelity.
-    """
-    width, height = img.size
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    for _ in range(CROP_ATTEMPTS):
-        # Sides are >= 400 here (short side resized to 400-600); min(CROP_MIN, .) only keeps the
-        # range valid for smaller images.
-        cw = rng.randint(min(CROP_MIN, width), min(width, CROP_MAX))
-        ch = rng.randint(min(CROP_MIN, height), min(height, CROP_MAX))
-        top, left = rng.randint(0, height - ch), rng.randint(0, width - cw)
-        if cx > top and cy > left:
-            img = img.crop((left, top, left + cw, top + ch))
-            shifted = box - np.array([left, top, left, top], dtype=np.float64)
-            return img, np.clip(shifted, 0.0, [cw, ch, cw, ch]), (left, top)
-    return img, box, None
-
-
-def _color_jitter(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Brightness, contrast, saturation in random order, factors ~ U(0.6, 1.4) (p: caller)."""
-    ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
-    rng.shuffle(ops)
-    for op in ops:
-        img = op(img).enhance(rng.uniform(*JITTER_RANGE))
-    return img
 
 
 def _to_normalized_array(img: Image.Image, normalize: str) -> np.ndarray:
@@ -190,14 +129,6 @@ def _as_chw(img: Image.Image, normalize: str | None) -> np.ndarray:
     if normalize is None:
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     return _to_normalized_array(img, normalize)
-
-
-def encode_box(box: np.ndarray, size: int, top: int, left: int) -> np.ndarray:
-    """(4,) float32 target: ``box`` (x0,y0,x1,y1 in placed-image pixels) shifted by the
-    placement and encoded as (cx, cy, w, h) / S on the canvas (float64 math, as official)."""
-    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64) + np.array([left, top, left, top], dtype=np.float64)
-    target = np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=np.float64) / size
-    return target.astype(np.float32)
 
 
 def _canvas(chw: np.ndarray, size: int, top: int, left: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,11 +162,6 @@ def _letterbox(
         offset=(float(shift[0] + left), float(shift[1] + top)),
         placed_hw=(h, w),
     )
-
-
-def _centred(size: int, extent: int) -> int:
-    # Official centring: round(diff/2 - 0.1), i.e. odd leftovers put the extra pixel after.
-    return round((size - extent) / 2 - 0.1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,34 +283,20 @@ def train_transform(
     2. colour jitter (p=0.8, ``cfg.color``); 3. Gaussian blur (p=0.5, ``cfg.blur``); no flip;
     4. normalise (``cfg.normalize``); 5. pad to S at a random place (``cfg.translate``) or centred.
     """
-    cfg = cfg if cfg is not None else AugmentConfig()
     img = _as_rgb(image)
-    box = _check_box(box_xyxy, *img.size)
-    scales = train_scales(size) if cfg.scale else [size]
-    scale, shift = 1.0, np.zeros(2)  # current_xy = original_xy * scale + shift
+    params = draw_params(img.size[0], img.size[1], box_xyxy, text, cfg, rng, size)
+    return train_sample(img, params, None if raw else (cfg or AugmentConfig()).normalize)
 
-    # Cropping could cut away what "left"/"right"/... refers to, hence the spatial-word guard.
-    if cfg.crop and not has_spatial_word(text) and rng.random() < 0.5:
-        img, box, r = _resize_short(img, box, rng.choice(SHORT_SIDES))
-        scale, shift = scale * r, shift * r
-        img, box, origin = _random_crop(img, box, rng)
-        if origin is not None:
-            shift = shift - np.asarray(origin, dtype=np.float64)
-    img, box, r = _resize_long(img, box, rng.choice(scales))
-    scale, shift = scale * r, shift * r
 
-    if cfg.color and rng.random() < JITTER_P:
-        img = _color_jitter(img, rng)
-    if cfg.blur and rng.random() < BLUR_P:
-        img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*BLUR_RADIUS)))
-
-    chw = _as_chw(img, None if raw else cfg.normalize)
-    _, h, w = chw.shape
-    if cfg.translate:
-        top, left = rng.randint(0, size - h), rng.randint(0, size - w)
-    else:
-        top, left = _centred(size, h), _centred(size, w)
-    return _letterbox(chw, box, size, top, left, text, scale, (shift[0], shift[1]))
+def train_sample(image: Image.Image, params, normalize: str | None) -> GroundingSample:
+    """The CPU (PIL) backend: apply ``params`` (:func:`draw_params`) to an RGB image, normalise
+    (``None``: keep uint8) and place it on the canvas."""
+    chw = _as_chw(apply_params(image, params), normalize)
+    canvas, mask = _canvas(chw, params.size, params.top, params.left)
+    return GroundingSample(
+        image=torch.from_numpy(canvas), pixel_mask=torch.from_numpy(mask),
+        box=torch.from_numpy(params.target.copy()), text=params.text, scale=params.scale,
+        offset=params.offset, placed_hw=(chw.shape[1], chw.shape[2]))
 
 
 def canvas_to_image_box(

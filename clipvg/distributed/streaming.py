@@ -42,8 +42,10 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 import torch
 
 from clipvg.data import storage
-from clipvg.data.fanout import (FanOutSpec, concat_rows, decode, fan_out, group_samples, padding_mask,
-                                tokenize_texts)
+from clipvg.data.augment import AugmentParams
+from clipvg.data.augment_torch import apply_batch
+from clipvg.data.fanout import (FanOutSpec, concat_rows, decode, fan_out, group_samples, image_rows,
+                                padding_mask, tokenize_texts)
 from clipvg.data.schema import SAMPLES, validate_table
 from clipvg.data.transforms import normalize_images
 
@@ -228,8 +230,10 @@ def build_dataset(plan: StreamPlan, spec: FanOutSpec, *, int_truncation: bool = 
         raise ValueError(f"the plan tokenized its texts for (context, template, overflow) = "
                          f"{plan.text_key}, the spec asks for {_text_key(spec)}: plan with the same spec")
     key = "sample_id" if plan.per_sample else "image_id"
-    slots = 1 if (spec.train or plan.per_sample) else plan.max_per_image
-    canvases_per_group = plan.num_samples / plan.num_images if (spec.train and not plan.per_sample) else 1
+    # image rows (device-backend training) carry a slot per expression, as eval canvas rows
+    slots = 1 if ((spec.train and not image_rows(spec)) or plan.per_sample) else plan.max_per_image
+    canvases_per_group = (plan.num_samples / plan.num_images
+                          if (spec.train and not image_rows(spec) and not plan.per_sample) else 1)
     groups_per_block = groups_per_block or max(1, round(canvases_per_block / canvases_per_group))
     groups_per_call = groups_per_call or max(1, groups_per_block // 4)
     spec = dataclasses.replace(spec, slots=slots)
@@ -321,8 +325,32 @@ def _record_failures(raw: dict, index: SampleIndex, report: StreamReport) -> Non
             report.failed.append((index.sample_ids[row], raw["image_id"][r], why))
 
 
+def _apply_slots(raw: dict, index: SampleIndex, normalize: str, device) -> dict | None:
+    """Image rows (device backend) -> per-sample tensors: each slot's drawn augmentation applied
+    on ``device`` to its row's pixels (shipped once per image)."""
+    row, slot = raw["ok"].nonzero(as_tuple=True)
+    if row.numel() == 0:
+        return None
+    params = [AugmentParams.from_vector(v) for v in raw["params"][row, slot].tolist()]
+    with warnings.catch_warnings():  # Ray's zero-copy arrays are read-only; they are only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        pixels = [torch.as_tensor(p) for p in raw["pixels"]]
+    out = apply_batch(pixels, params, device, image_index=row.tolist(), normalize=normalize)
+    rows = raw["sample_row"][row, slot].tolist()
+    tokens = raw["tokens"][row, slot].to(device)
+    return dict(
+        image=out["image"], pixel_mask=out["pixel_mask"].to(torch.int64),
+        tokens=tokens, token_mask=(tokens > 0).to(torch.int64),
+        target=raw["target"][row, slot].to(device),
+        sample_id=[index.sample_ids[r] for r in rows], expr_type=[index.expr_types[r] for r in rows],
+        image_id=[raw["image_id"][c] for c in row.tolist()],
+    )
+
+
 def _fan_out_slots(raw: dict, index: SampleIndex, normalize: str, device) -> dict | None:
     """Canvas rows -> per-sample tensors: each canvas normalised once, then gathered per slot."""
+    if "pixels" in raw:
+        return _apply_slots(raw, index, normalize, device)
     canvas, slot = raw["ok"].nonzero(as_tuple=True)
     if canvas.numel() == 0:
         return None

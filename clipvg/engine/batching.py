@@ -4,18 +4,27 @@ The transforms produce one :class:`~clipvg.data.transforms.GroundingSample` per 
 stacks them and tokenizes the texts in one call, giving the batch dict documented in
 :mod:`clipvg.engine.steps`. Training batches drop the last partial batch and evaluation keeps it
 (official ``drop_last`` policy, method doc §1.7).
+
+With ``data.augment.backend: device`` a training item is a :class:`DrawnSample` instead (the
+decoded uint8 pixels and the drawn :class:`~clipvg.data.augment.AugmentParams`), and ``collate``
+applies the whole batch at once with :func:`clipvg.data.augment_torch.apply_batch` (on the
+CPU, in the loader: the batch keys and dtypes stay those of the CPU backend).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
 from clipvg.config import Config, DataConfig
+from clipvg.data.augment import AugmentParams, draw_params
+from clipvg.data.augment_torch import apply_batch
 from clipvg.data.text import prepare_text, tokenize
 from clipvg.data.transforms import eval_transform, train_transform
 
@@ -37,19 +46,47 @@ class SampleTransform:
         text = prepare_text(text, self.data.prompt_template)
         if self.data.box_int_truncation:  # the official loader truncates raw boxes (§1.3)
             box = [float(int(v)) for v in box]
+        if self.train and self.data.augment.backend == "device":
+            image = image if image.mode == "RGB" else image.convert("RGB")
+            params = draw_params(*image.size, box, text, self.data.augment, self.rng, self.size)
+            return DrawnSample(np.array(image, np.uint8), params)  # writable, for torch
         if self.train:
             return train_transform(image, box, text, self.rng, self.data.augment, size=self.size)
         return eval_transform(image, box, text, size=self.size, normalize=self.data.augment.normalize)
 
 
+@dataclass(frozen=True)
+class DrawnSample:
+    """A training sample of the device backend: (H, W, 3) uint8 pixels + its drawn params."""
+
+    pixels: np.ndarray
+    params: AugmentParams
+
+    @property
+    def text(self) -> str:
+        return self.params.text
+
+
+def _pixels(samples: list, normalize: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image (B,3,S,S) float32, pixel_mask (B,S,S) int32, target (B,4)) of a batch's samples."""
+    if isinstance(samples[0], DrawnSample):
+        out = apply_batch([s.pixels for s in samples], [s.params for s in samples], "cpu",
+                          normalize=normalize)
+        target = torch.from_numpy(np.stack([s.params.target for s in samples]))
+        return out["image"], out["pixel_mask"], target
+    return (torch.stack([s.image for s in samples]), torch.stack([s.pixel_mask for s in samples]),
+            torch.stack([s.box for s in samples]))
+
+
 def collate(items: list[tuple], context_length: int = 77, overflow: str = "truncate",
             expr_types: dict[str, str | None] | None = None,
-            image_ids: dict[str, str] | None = None) -> dict:
+            image_ids: dict[str, str] | None = None, normalize: str = "imagenet") -> dict:
     """Stack ``(GroundingSample, sample_id)`` items into a batch; tokenize all texts at once.
 
     ``expr_types`` maps sample ids to their expression type (for per-type accuracy),
     ``image_ids`` to their image (for the shuffled-text control; None where unknown, e.g. the
-    fresh training stream, which no evaluation reads).
+    fresh training stream, which no evaluation reads). :class:`DrawnSample` items (device
+    backend) are applied here, as one batch, and normalised with ``normalize``.
     """
     samples = [sample for sample, _ in items]
     ids = [sample_id for _, sample_id in items]
@@ -57,12 +94,13 @@ def collate(items: list[tuple], context_length: int = 77, overflow: str = "trunc
     tok = tokenize([s.text for s in samples], context_length=context_length, overflow=overflow)
     if tok.truncated:
         log.debug("%d expression(s) truncated to %d tokens", tok.truncated, context_length)
+    image, pixel_mask, target = _pixels(samples, normalize)
     return {
-        "image": torch.stack([s.image for s in samples]),
-        "pixel_mask": torch.stack([s.pixel_mask for s in samples]),
+        "image": image,
+        "pixel_mask": pixel_mask,
         "tokens": tok.tokens,
         "token_mask": tok.token_mask,
-        "target": torch.stack([s.box for s in samples]),
+        "target": target,
         "sample_id": ids,
         "expr_type": [expr_types.get(i) or "unknown" for i in ids],
         "image_id": [image_ids.get(i) for i in ids],
@@ -105,7 +143,7 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
         drop_last=train and (sampler is not None or len(dataset) >= cfg.train.batch_size),
         num_workers=cfg.data.loader_workers,
         collate_fn=partial(collate, context_length=cfg.model.context_length, overflow=cfg.data.text_overflow,
-                           expr_types=expr_types, image_ids=image_ids),
+                           expr_types=expr_types, image_ids=image_ids, normalize=cfg.data.augment.normalize),
         generator=generator,
     )
 
