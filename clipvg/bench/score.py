@@ -89,9 +89,11 @@ def canvas_batches(uri: str, samples: pa.Table, cfg: Config, canvases: int) -> t
 
 
 def replica_rate(cfg: Config, model_dir: str, batches: list[dict], sample_ids: list[str], sizes: dict,
-                 device: str, passes: int = 3, warmup: int = 2, autocast: bool | None = None) -> dict:
+                 device: str, passes: int = 3, warmup: int = 2, autocast: bool | None = None,
+                 compile: bool | None = None) -> dict:
     """samples/s of one scorer replica in this process (see module doc). ``autocast``: bf16 over
-    the whole forward; None = ``curriculum.scoring.full_bf16``, as ``clipvg score`` does."""
+    the whole forward; None = ``curriculum.scoring.full_bf16``, as ``clipvg score`` does.
+    ``compile``: torch.compile the replica; None = ``curriculum.scoring.compile``."""
     import torch
 
     from clipvg.engine.precision import resolve_precision
@@ -101,7 +103,8 @@ def replica_rate(cfg: Config, model_dir: str, batches: list[dict], sample_ids: l
     scorer = ReliabilityScorer(model_dir, sample_ids, sizes, size=cfg.model.image_size,
                                normalize=cfg.data.augment.normalize, batch_size=cfg.curriculum.scoring.batch_size,
                                device=device, precision=cfg.train.precision, threads=threads,
-                               autocast=cfg.curriculum.scoring.full_bf16 if autocast is None else autocast)
+                               autocast=cfg.curriculum.scoring.full_bf16 if autocast is None else autocast,
+                               compile=cfg.curriculum.scoring.compile if compile is None else compile)
     for batch in batches[:warmup]:
         scorer(batch)
     best, samples = float("inf"), int(sum(b["ok"].sum() for b in batches))
@@ -112,7 +115,8 @@ def replica_rate(cfg: Config, model_dir: str, batches: list[dict], sample_ids: l
     assert rows == sum(int((b["sample_row"] >= 0).sum()) for b in batches)
     out = dict(samples=samples, seconds=best, samples_per_s=samples / best, device=str(scorer.device),
                precision=resolve_precision(cfg.train.precision, scorer.device),
-               torch_threads=torch.get_num_threads(), full_bf16_autocast=scorer.autocast)
+               torch_threads=torch.get_num_threads(), full_bf16_autocast=scorer.autocast,
+               compiled=cfg.curriculum.scoring.compile if compile is None else compile)
     if scorer.device.type == "cuda":
         out.update(device_name=torch.cuda.get_device_name(scorer.device),
                    peak_memory_gib=torch.cuda.max_memory_allocated(scorer.device) / 2**30)

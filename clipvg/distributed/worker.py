@@ -25,7 +25,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from clipvg.config import Config
+from clipvg.config import Config, ScalingConfig
 from clipvg.data import storage
 from clipvg.data.fanout import FanOutSpec
 from clipvg.sources.synthetic.baseline import world_baselines
@@ -34,7 +34,7 @@ from clipvg.distributed.streaming import StreamPlan, StreamReport, build_dataset
 from clipvg.engine.checkpoint import TrainState, load_training_state, save_training_state
 from clipvg.engine.control import control_summary, fmt_acc, shuffled_text_table
 from clipvg.engine.metrics import AccuracyMeter
-from clipvg.engine.loop import build_training, end_epoch
+from clipvg.engine.loop import build_training, end_epoch, epoch_rate
 from clipvg.engine.steps import evaluate, lr_factor, set_lr, train_step
 
 log = logging.getLogger("clipvg.train")
@@ -73,6 +73,7 @@ def train_loop_per_worker(config: dict) -> None:
     job: WorkerJob = config["job"]
     cfg = job.cfg
     ctx = _context()
+    torch.set_num_threads(worker_threads(cfg.scaling))  # Ray left OMP_NUM_THREADS at the reservation
     _configure_data()
     torch.manual_seed(cfg.train.seed + ctx.rank)  # official: seed + rank
     model, raw_model, optimizer = _build(cfg, ctx)
@@ -101,6 +102,16 @@ def run_history(run_dir: str, state: TrainState, test: dict, world: int,
     return {"run_dir": run_dir, "epochs": state.history, "best_acc": state.best_acc,
             "best_epoch": state.best_epoch, "test": test, "test_shuffled_text": shuffled_text_table(test),
             "random_object_baseline": baseline or {}, "world_size": world}
+
+
+def worker_threads(scaling: ScalingConfig) -> int:
+    """torch intra-op threads of a Ray Train worker: ``scaling.threads_per_worker``, else
+    ``max(1, int(scaling.cpus_per_worker))`` (the in-trial launcher's rule). Set explicitly
+    because Ray exports ``OMP_NUM_THREADS`` = the worker's CPU reservation (1 for 0.5 or 1 CPU):
+    left alone, a worker on a 2-core machine trains on one thread while ``train-local`` uses two."""
+    if scaling.threads_per_worker is not None:
+        return scaling.threads_per_worker
+    return max(1, int(scaling.cpus_per_worker))
 
 
 def _context() -> Ctx:
@@ -212,6 +223,7 @@ def _train_epoch(model, optimizer, job: WorkerJob, ctx: Ctx, epoch: int, state: 
         steps = min(steps, cfg.train.max_steps_per_epoch)
     bar = _progress(ctx, steps, f"epoch {epoch + 1}/{cfg.train.epochs}")
     t0, seen, loss_sum, step_in_epoch, flops = time.perf_counter(), 0, 0.0, 0, None
+    t_first = None  # first batch in hand: the step loop's clock starts (epoch_rate)
     while step_in_epoch < steps:
         batch = next(batches, None)
         if not _all_have(batch is not None, ctx):
@@ -221,6 +233,8 @@ def _train_epoch(model, optimizer, job: WorkerJob, ctx: Ctx, epoch: int, state: 
         set_lr(optimizer, lr)
         if flops is None:
             flops = _flops_per_sample(model, batch, ctx)
+        if t_first is None:
+            t_first = time.perf_counter()
         losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss)
         n = len(batch["sample_id"]) * ctx.world  # global batch
         seen, loss_sum = seen + n, loss_sum + losses["loss"] * n
@@ -234,11 +248,12 @@ def _train_epoch(model, optimizer, job: WorkerJob, ctx: Ctx, epoch: int, state: 
                           "mfu": _mfu(rate, flops, ctx), **losses})
     if bar is not None:
         bar.close()
-    elapsed = time.perf_counter() - t0
+    end = time.perf_counter()
     if report.failed and ctx.is_chief:
         print(f"epoch {epoch + 1}: {report.summary()}", flush=True)
-    return {"train_loss": loss_sum / max(seen, 1), "train_samples_per_s": seen / elapsed,
-            "steps": step_in_epoch, "elapsed_s": elapsed, "skipped_samples": len(report.failed)}
+    return {"train_loss": loss_sum / max(seen, 1), **epoch_rate(seen, t0, t_first, end),
+            "steps": step_in_epoch, "elapsed_s": end - t0, "skipped_samples": len(report.failed),
+            "torch_threads": torch.get_num_threads()}
 
 
 def _progress(ctx: Ctx, total: int, desc: str):

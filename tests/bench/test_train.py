@@ -22,7 +22,7 @@ def test_cli_writes_json_and_appends_one_markdown_line(tmp_path, capsys):
     (tmp_path / "benchmarks.md").write_text("| earlier | data | ... |\n")
     rc = main(["benchmark", "train", "--out", str(tmp_path), "--arch", TINY, "--batch-sizes",
                "2,3", "--precision", "fp32,fp16-frozen", "--steps", "2", "--warmup", "1",
-               "--device", "cpu"])
+               "--device", "cpu", "--engines", "none"])
     assert rc == 0
     report = json.loads((tmp_path / "benchmark-train.json").read_text())
     assert report["benchmark"] == "train" and report["model"]["freeze"] == "official"
@@ -52,6 +52,9 @@ def test_cli_refuses_bad_options(tmp_path, capsys):
     assert main([*base, "--compile", "yes"]) == 2
     assert main([*base, "--steps", "0"]) == 2
     assert main([*base, "--device", "tpu9"]) == 2
+    assert main([*base, "--engines", "local,slurm"]) == 2
+    assert "--engines takes local, ray_train or none" in capsys.readouterr().err
+    assert main([*base, "--threads", "0"]) == 2
     assert not (tmp_path / "benchmark-train.json").exists()
 
 
