@@ -12,6 +12,13 @@ given to Ray; one CPU per decode task):
                    side to 224, per image; as samples/s it is x ``per_image`` (a decode-once
                    pipeline cannot beat one decode + resize per image).
 
+Training, per augmentation backend (``data.augment.backend``): ``cpu`` augments every sample
+with PIL in the decode tasks and ships a uint8 canvas per sample; ``device`` decodes each image
+once, draws every sample's parameters there and ships the pixels once per image plus the
+params (:mod:`clipvg.data.fanout` image rows): its stream cost is decode + draw + shipping,
+and the apply step runs on the consumer's device, measured apart by :func:`apply_rate` (on a
+CPU-only machine, on one CPU core).
+
 Both pipelines are timed end to end on the consumer: batches of ``batch_size`` samples, error
 rows dropped, images normalised to float32 on the CPU (what a CPU trainer pays; a GPU trainer
 normalises on its device). Ray's worker start-up is excluded by a warm-up pass on a subset.
@@ -21,15 +28,21 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import random
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import torch
 from PIL import Image, ImageDraw
 
+from clipvg.config import AugmentConfig
 from clipvg.data import storage
+from clipvg.data.augment import draw_params
+from clipvg.data.augment_torch import apply_batch
 from clipvg.data.fanout import FanOutSpec, decode
+from clipvg.data.transforms import normalize_images, train_sample
 from clipvg.data.validate import ingest
 
 WORDS = ("red", "blue", "green", "small", "large", "left", "right", "man", "dog", "car", "cup",
@@ -108,23 +121,65 @@ def pil_ceiling(uri: str, size: int = 224, limit: int = 200, repeats: int = 3, *
     return dict(images=len(blobs), seconds=best, images_per_s=len(blobs) / best)
 
 
+def apply_rate(uri: str, *, limit: int = 40, batch_size: int = 64, repeats: int = 2,
+               **storage_options) -> dict:
+    """Samples/s of the apply step alone, on this process's threads (the benchmark gives it
+    one), from images decoded beforehand (not timed) with every sample's params drawn (not
+    timed): ``device`` = :func:`~clipvg.data.augment_torch.apply_batch` on the CPU (a stand-in
+    for the accelerator, where it would run), batches of ``batch_size``, normalised float32;
+    ``cpu`` = the PIL backend per sample + normalisation, for comparison. Best of ``repeats``."""
+    samples = storage.read_table(storage.join(uri, "samples"), **storage_options)
+    table = storage.read_table(storage.join(uri, "images"), **storage_options)
+    uris = dict(zip(table.column("image_id").to_pylist(), table.column("uri").to_pylist()))
+    boxes = np.asarray(samples.column("box").combine_chunks().flatten(), np.float64).reshape(-1, 4)
+    images, pixels, params, index = {}, [], [], []
+    for k, (image_id, text) in enumerate(zip(samples.column("image_id").to_pylist(),
+                                             samples.column("text").to_pylist())):
+        if image_id not in images:
+            if len(images) == limit:
+                continue
+            images[image_id] = len(pixels)
+            pixels.append(decode(storage.read_bytes(storage.resolve(uri, uris[image_id]), **storage_options)))
+        im = pixels[images[image_id]]
+        params.append(draw_params(im.size[0], im.size[1], boxes[k], text, AugmentConfig(),
+                                  random.Random(k)))
+        index.append(images[image_id])
+    arrays = [np.array(im, np.uint8) for im in pixels]
+    best = {"device": float("inf"), "cpu": float("inf")}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for b in range(0, len(params), batch_size):
+            apply_batch(arrays, params[b:b + batch_size], "cpu", image_index=index[b:b + batch_size])
+        best["device"] = min(best["device"], time.perf_counter() - start)
+        start = time.perf_counter()
+        for b in range(0, len(params), batch_size):
+            canvases = [train_sample(pixels[i], p, None) for i, p in zip(index[b:b + batch_size], params[b:b + batch_size])]
+            normalize_images(torch.stack([c.image for c in canvases]), torch.stack([c.pixel_mask for c in canvases]))
+        best["cpu"] = min(best["cpu"], time.perf_counter() - start)
+    return dict(samples=len(params), images=len(pixels), seconds=best,
+                samples_per_s={k: len(params) / v for k, v in best.items()})
+
+
 def stream_rate(uri: str, *, per_sample: bool, train: bool, cpus: int, batch_size: int = 64,
-                materialize: bool = True, epochs: int = 3, **storage_options) -> dict:
+                materialize: bool = True, epochs: int = 3, backend: str = "cpu", **storage_options) -> dict:
     """Samples/s per epoch of the streaming pipeline over split ``val`` of ``uri``: the plan
     (tables read, texts tokenized: once per run) is timed on its own, then ``epochs`` full
     passes; the best pass counts (as for the ceiling: noise only slows a pass down).
 
     ``materialize``: the consumer normalises and fans out float32 model batches on the CPU
-    (:func:`~clipvg.distributed.streaming.iter_model_batches`); otherwise it takes the uint8
-    canvas batches as delivered (what a GPU trainer does before its device takes over).
+    (:func:`~clipvg.distributed.streaming.iter_model_batches`; the device backend's apply step
+    included, on the CPU); otherwise it takes the uint8 canvas (or image) rows as delivered
+    (what a GPU trainer does before its device takes over). ``backend``: the training
+    augmentation's (``data.augment.backend``).
     """
     from clipvg.distributed import streaming as st
 
-    spec = FanOutSpec(train=train)
+    spec = FanOutSpec(train=train, augment=AugmentConfig(backend=backend))
     start = time.perf_counter()
     plan = st.plan_split(uri, "val", spec, per_sample=per_sample, **storage_options)
     plan_seconds = time.perf_counter() - start
-    per_group = 1 if (per_sample or train) else plan.max_per_image
+    image_rows = train and backend == "device"  # one row per image, a slot per expression
+    per_group = 1 if (per_sample or (train and not image_rows)) else plan.max_per_image
     canvases = max(1, batch_size // per_group)  # about batch_size samples per fetch
     passes = []
     for epoch in range(epochs):

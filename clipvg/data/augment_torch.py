@@ -72,11 +72,15 @@ def _resample(x: torch.Tensor, in_size: int, out_size: int, dim: int, start: int
     idx_np, kk_np = _coeffs(in_size, out_size)
     idx = torch.from_numpy(idx_np[start:stop] - first).to(x.device)
     kk = torch.from_numpy(kk_np[start:stop]).to(x.device)
-    if dim == -1:
-        acc = (x[:, :, idx] * kk).sum(-1, dtype=torch.int32)  # (C, H, n, K) -> (C, H, n)
-    else:
-        acc = (x[:, idx, :] * kk[:, :, None]).sum(2, dtype=torch.int32)  # (C, n, K, W)
-    return ((acc + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS).clamp_(0, 255)
+    # Rows are gathered whole (index_select on dim 1 of a contiguous tensor: ~5x faster on the
+    # CPU than a strided gather along the last dim), so the horizontal pass runs transposed;
+    # one tap at a time keeps the temporaries (C, n, W) instead of (C, n, K, W).
+    rows = x.transpose(-1, -2).contiguous() if dim == -1 else x.contiguous()
+    acc = rows.index_select(1, idx[:, 0]) * kk[:, 0, None]
+    for k in range(1, idx.shape[1]):
+        acc += rows.index_select(1, idx[:, k]) * kk[:, k, None]
+    out = ((acc + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS).clamp_(0, 255)
+    return out.transpose(-1, -2) if dim == -1 else out
 
 
 def _needed(in_size: int, out_size: int, start: int, stop: int) -> tuple[int, int]:

@@ -276,6 +276,8 @@ def train_transform(
     """Official training augmentation (§1.5), in order; every switch of ``cfg`` is honoured.
 
     ``raw=True`` returns the uint8 canvas (for :func:`normalize_images` on the consumer).
+    It is :func:`~clipvg.data.augment.draw_params` (every random draw, no pixels) followed by
+    :func:`train_sample` (the PIL backend), byte-identical to the former one-piece transform.
 
     1. random select: resize long side to a scale, or (p=0.5, ``cfg.crop``, never when the text
        holds a spatial word) resize short side to {400,500,600} -> random size crop -> resize long

@@ -27,9 +27,19 @@ def test_bench_world_has_the_asked_shape_and_every_mode_streams_every_sample(ray
                                    materialize=materialize, epochs=1, batch_size=4)
         assert r["samples"] == 15 and len(r["pass_seconds"]) == 1
         results[name] = r
+    for backend in ("cpu", "device"):  # the training stream as delivered, per augmentation backend
+        r = bench_data.stream_rate(uri, per_sample=False, train=True, cpus=2, materialize=False,
+                                   epochs=1, batch_size=4, backend=backend)
+        assert r["samples"] == 15
+        results[f"train_{backend}_backend_stream"] = r
+    applied = bench_data.apply_rate(uri, limit=2, batch_size=4, repeats=1)
+    assert applied["images"] == 2 and applied["samples"] == 6
+    assert set(applied["samples_per_s"]) == {"cpu", "device"}
     args = argparse.Namespace(cpus=2)
-    report = _report(args, world, ceiling, {"local": results})
+    report = _report(args, world, ceiling, {"local": results}, applied=applied)
     assert report["summary"]["fan_out_vs_per_sample"] > 0 and report["markdown"].startswith("| ")
+    assert set(report["summary"]["train_stream_per_core"]) == {"cpu", "device"}
+    assert "device backend" in report["markdown"] and report["apply"] is applied
 
 
 def test_benchmark_refuses_bad_numbers(capsys):
