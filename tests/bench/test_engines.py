@@ -33,6 +33,14 @@ def test_epoch_rate_counts_the_step_loop_from_the_first_batch():
     assert epoch_rate(0, 10.0, None, 11.0)["train_samples_per_s"] == 0.0  # no batch at all
 
 
+def test_an_engine_rate_is_its_best_epoch_after_the_first():
+    from clipvg.bench.engines import _summary
+
+    epochs = [{"train_samples_per_s": r, "train_seconds": 1.0, "train_samples": 10} for r in (90.0, 40.0, 50.0)]
+    assert _summary(epochs, 5.0, 1)["samples_per_s"] == 50.0  # the pre-decoded first epoch left out
+    assert _summary(epochs[:1], 5.0, 1)["samples_per_s"] == 90.0  # one epoch: that one
+
+
 def test_both_engines_train_the_same_run_side_by_side(ray_local, tmp_path, short_tmp):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_RUN)
