@@ -42,6 +42,9 @@ class AugmentConfig:
     color: bool = True  # brightness/contrast/saturation jitter with p=0.8
     blur: bool = False  # Gaussian blur p=0.5 (off in every official script)
     normalize: Literal["imagenet", "clip"] = "imagenet"  # official: ImageNet statistics
+    # where the drawn augmentation is applied (clipvg.data.augment): "cpu" = PIL per sample (the
+    # reference); "device" = torch on the consumer's device, from images decoded once (opt-in)
+    backend: Literal["cpu", "device"] = "cpu"
 
 
 @dataclass
@@ -149,6 +152,10 @@ class ModelConfig:
     freeze: Literal["official", "all", "none"] = "official"
     patch_mask: Literal["official", "antialias"] = "official"
     text_conditioning: TextConditioningConfig = field(default_factory=TextConditioningConfig)
+    # Run the text tower and the fusion only up to the batch's longest expression (rounded up
+    # to a multiple of 8) instead of all context_length positions. Exact: the text mask is
+    # causal and the fusion masks padded tokens. Costs one host sync per forward.
+    truncate_text: bool = False
 
 
 @dataclass
@@ -177,7 +184,14 @@ class TrainConfig:
     # Compute dtype of the frozen towers: "auto" = bf16 autocast on GPU, fp32 on CPU;
     # "fp16-frozen" = the official policy (frozen tower weights stored fp16). Trainable parts
     # always stay fp32.
-    precision: Literal["auto", "fp32", "bf16", "fp16-frozen"] = "auto"
+    # "bf16-all": the whole forward (towers, projections, fusion, head) under bf16 autocast,
+    # fp32 master weights and loss (clipvg.engine.precision).
+    precision: Literal["auto", "fp32", "bf16", "bf16-all", "fp16-frozen"] = "auto"
+    # torch.compile the model for training and evaluation steps (every launcher)
+    compile: bool = False
+    # Read the step losses (and check they are finite) every sync_every steps instead of every
+    # step: fewer host syncs. A non-finite loss still raises, naming the steps read together.
+    sync_every: int = 1
     max_failures: int = 3  # Ray Train restarts of the worker group (from the last checkpoint)
     # Weight of an auxiliary loss on the similarity prior's map (engine.loss.similarity_map_loss;
     # needs model.text_conditioning.similarity_prior). 0 = the official loss alone.
@@ -197,7 +211,8 @@ class ScoringConfig:
     # the towers of train.precision). Measured on an H200 (docs/benchmarks.md): 1.85x the
     # samples/s, reliabilities moved by at most 0.0033. Off = scores computed with the numerics
     # of the measurer's own validation.
-    full_bf16: bool = False
+    full_bf16: bool = False  # = train.precision "bf16-all" for the replicas
+    compile: bool = False  # torch.compile every replica's model
 
 
 # Options of the pseudo-label generators (clipvg.pseudo), typed so that a typo or a wrong type
@@ -281,6 +296,10 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
     data_cpus: float = 1.0  # CPUs per Ray Data decode task (fractional on small machines)
+    # torch intra-op threads of each Ray Train worker; None = max(1, int(cpus_per_worker)).
+    # Ray sets OMP_NUM_THREADS from the reservation (1 for 0.5 or 1 CPU), so without this a
+    # worker's torch runs one thread whatever the node has (clipvg.distributed.worker).
+    threads_per_worker: int | None = None
     # Placement on a cluster (docs/cluster.md): extra Ray resources asked for by every model
     # replica (Ray Train worker, scoring actor, in-trial training), e.g. {clipvg_model: 1}, and
     # by every Ray Data read/decode/generate task, e.g. {clipvg_data: 1}. Nodes that advertise
@@ -531,9 +550,11 @@ _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (ScalingConfig, "num_workers"): (lambda v: v >= 1, "must be >= 1"),
     (ScalingConfig, "cpus_per_worker"): (lambda v: v > 0, "must be > 0"),
     (ScalingConfig, "data_cpus"): (lambda v: v > 0, "must be > 0"),
+    (ScalingConfig, "threads_per_worker"): (lambda v: v is None or v >= 1, "must be >= 1 or null"),
     (ScalingConfig, "model_resources"): (lambda v: _custom_resources(v), _CUSTOM_RESOURCES),
     (ScalingConfig, "data_resources"): (lambda v: _custom_resources(v), _CUSTOM_RESOURCES),
     (TrainConfig, "map_loss"): (lambda v: v >= 0, "must be >= 0"),
+    (TrainConfig, "sync_every"): (lambda v: v >= 1, "must be >= 1"),
     (TrainConfig, "max_failures"): (lambda v: v >= -1, "must be >= -1 (-1 = retry forever)"),
     (CurriculumConfig, "h0"): (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (CurriculumConfig, "max_concurrent_trials"): (lambda v: v >= 1, "must be >= 1"),
@@ -604,7 +625,7 @@ def vision_depth(arch: Any) -> int | None:
     """Blocks of the visual tower of ``model.arch`` (an inline open_clip config, or a name whose
     open_clip JSON is read without importing open_clip); None when it cannot be told here."""
     if isinstance(arch, str):
-        import importlib.util
+        import importlib.util  # deferred: only for named architectures (find_spec, no import)
 
         spec = importlib.util.find_spec("open_clip")
         folders = list(spec.submodule_search_locations or []) if spec else []
@@ -696,6 +717,7 @@ def save_config(cfg: Config, path: str | Path, **storage_options: Any) -> None:
     body = (yaml.safe_dump(to_dict(cfg), sort_keys=False) if suffix in (".yaml", ".yml")
             else json.dumps(to_dict(cfg), indent=2))
     if "://" in text and not text.startswith("file://"):
+        # deferred: loads fsspec, which the config (read by every command) does not otherwise need
         from clipvg.data import storage
 
         options = storage_options or storage.options_from_config(cfg.storage)

@@ -16,7 +16,10 @@ Example::
 ``<out>/benchmark-score.json`` plus one line in ``<out>/benchmarks.md``.
 
 ``train`` runs in this process, or in one Ray task (one GPU on a CUDA device) when
-``--address`` names a cluster; what it measures: :mod:`clipvg.bench.train`.
+``--address`` names a cluster; what it measures: :mod:`clipvg.bench.train`. On a CPU device
+without ``--address`` it also trains ``train-local`` and the Ray Train path (one worker, a
+private local Ray) side by side on the same run (JSON key ``engines``, ``ray_over_local``;
+:mod:`clipvg.bench.engines`): ``clipvg benchmark train --engines-only`` runs only that.
 Results go to ``<out>/benchmark-train.json`` plus one line in ``<out>/benchmarks.md``.
 
 What is measured and how: :mod:`clipvg.bench.data`. Ray is started locally on
@@ -29,14 +32,27 @@ Results go to ``<out>/benchmark-data.json`` and one line per run is appended to
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
+import logging
 import os
 import platform
+import socket
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from clipvg.bench import engines as be
+from clipvg.bench.engines import ENGINES
+from clipvg.config import ModelConfig
+from clipvg.distributed.local_ray import cluster_gpus, init_ray, quiet_data
 from clipvg.errors import UserError
+
+# Deferred imports below load torch (bench.score, bench.train, engine.precision): each benchmark
+# pays for what it measures, and `clipvg benchmark --help` answers at once.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +84,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--steps", type=int, default=None, help="timed steps per case (CPU 3, GPU 20)")
     train.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 1, GPU 5)")
     train.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    train.add_argument("--engines", default="auto",
+                       help="train: engines trained end to end side by side (clipvg.bench.engines): "
+                            "comma list of local/ray_train, or none; auto = both on a CPU device "
+                            "without --address, none otherwise")
+    train.add_argument("--engines-only", action="store_true", help="train: skip the step-level cases")
+    train.add_argument("--threads", type=int, default=None,
+                       help="train engines: torch threads of both engines (default: all cores)")
+    train.add_argument("--engine-config", default=None,
+                       help="train engines: the run config both train (default: configs/demo.yaml)")
     train.add_argument("--replica-only", action="store_true",
                        help="score: only one replica in this process (no Ray actors)")
 
@@ -75,14 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _start_moto():
     """A moto S3 server on a free loopback port (the benchmark's stand-in for object storage).
     moto comes with clipvg's test extra only: imported here, when ``--s3 moto`` asks for it."""
-    import socket
-
     try:
+        # deferred: moto (and boto3) come with the test extra only, see the docstring
+        import boto3
         from moto.server import ThreadedMotoServer
     except ImportError:
         raise UserError("--s3 moto needs moto, which clipvg's test extra installs "
                         "(pip install 'clipvg[test]'); or give --s3 none / an s3:// URI") from None
-    import boto3
 
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
@@ -90,7 +114,6 @@ def _start_moto():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -102,37 +125,43 @@ def _start_moto():
 
 
 def _init_ray(args) -> None:
-    from clipvg.distributed.local_ray import init_ray, quiet_data
-
     init_ray(args.address, args.cpus, log_to_driver=False)
     quiet_data()
 
 
-# (name, per_sample, train, materialize); object storage gets the first two only
+# (name, per_sample, train, materialize[, augmentation backend]); object storage gets the first
+# two only. "train_*_stream": the uint8 rows as delivered = the training stream's CPU cost
+# (cpu backend: a canvas per sample; device backend: decode + draw, pixels once per image)
 CASES = [("fan_out_eval", False, False, False), ("per_sample_eval", True, False, False),
          ("fan_out_eval_cpu_batches", False, False, True),
          ("fan_out_train_cpu_batches", False, True, True),
-         ("per_sample_train_cpu_batches", True, True, True)]
+         ("per_sample_train_cpu_batches", True, True, True),
+         ("train_cpu_backend_stream", False, True, False, "cpu"),
+         ("train_device_backend_stream", False, True, False, "device")]
 
 
 def _measure(uri: str, args, options: dict, cases) -> dict:
+    # deferred: loads Ray; paid only when this runs, not on import
     from clipvg.bench.data import stream_rate
 
     out = {}
-    for name, per_sample, train, materialize in cases:
+    for name, per_sample, train, materialize, *backend in cases:
         out[name] = stream_rate(uri, per_sample=per_sample, train=train, cpus=args.cpus,
-                                materialize=materialize, epochs=args.epochs, **options)
+                                materialize=materialize, epochs=args.epochs,
+                                backend=backend[0] if backend else "cpu", **options)
         print(f"  {name:30s} {out[name]['samples_per_s_per_core']:8.1f} samples/s per core", flush=True)
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: loads torch (see the note above add_arguments)
     import torch
 
     if args.what == "train":
         return run_train(args)
     if args.what == "score":
         return run_score(args)
+    # deferred: loads Ray; paid only when this runs, not on import
     from clipvg.bench.data import BenchWorld, pil_ceiling, write_bench_world
 
     if min(args.images, args.per_image, args.cpus, args.epochs) < 1:
@@ -154,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     ceiling = pil_ceiling(stores["local"][0])
     print(f"PIL decode+resize ceiling: {ceiling['images_per_s']:.1f} images/s on one core", flush=True)
     _init_ray(args)
+    # deferred: loads Ray; paid only when this runs, not on import
     from clipvg.bench.data import stream_rate
 
     stream_rate(stores["local"][0], per_sample=False, train=False, cpus=args.cpus, epochs=1,
@@ -167,7 +197,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
-    report = _report(args, world, ceiling, results, paired)
+    # deferred: loads Ray; paid only when this runs, not on import
+    from clipvg.bench.data import apply_rate
+
+    applied = apply_rate(stores["local"][0])  # one thread: torch.set_num_threads(1) above
+    print(f"  apply step alone, one CPU core: device backend (torch on CPU) "
+          f"{applied['samples_per_s']['device']:.0f}, cpu backend (PIL) "
+          f"{applied['samples_per_s']['cpu']:.0f} samples/s", flush=True)
+    report = _report(args, world, ceiling, results, paired, applied)
     (out / "benchmark-data.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out / "benchmarks.md", "a") as f:
         f.write(report["markdown"] + "\n")
@@ -182,6 +219,7 @@ def _paired_ratio(uri: str, args, per_image: int, rounds: int = 3) -> list[float
     ratio of two measurements taken minutes apart by 10 points; pairs taken seconds apart see
     the same machine. The median of the pairs is the reported ratio.
     """
+    # deferred: loads Ray; paid only when this runs, not on import
     from clipvg.bench.data import pil_ceiling, stream_rate
 
     ratios = []
@@ -194,7 +232,8 @@ def _paired_ratio(uri: str, args, per_image: int, rounds: int = 3) -> list[float
     return ratios
 
 
-def _report(args, world, ceiling: dict, results: dict, paired: list[float] | None = None) -> dict:
+def _report(args, world, ceiling: dict, results: dict, paired: list[float] | None = None,
+            applied: dict | None = None) -> dict:
     ceiling_samples = ceiling["images_per_s"] * world.per_image
     local = results["local"]
     fan, per = local["fan_out_eval"]["samples_per_s_per_core"], local["per_sample_eval"]["samples_per_s_per_core"]
@@ -205,6 +244,17 @@ def _report(args, world, ceiling: dict, results: dict, paired: list[float] | Non
     if paired:
         summary["fan_out_vs_ceiling_paired"] = sorted(paired)[len(paired) // 2]
         summary["fan_out_vs_ceiling_pairs"] = paired
+    train_line = ""
+    if "train_device_backend_stream" in local and "train_cpu_backend_stream" in local:
+        dev = local["train_device_backend_stream"]["samples_per_s_per_core"]
+        cpu = local["train_cpu_backend_stream"]["samples_per_s_per_core"]
+        summary.update(train_stream_per_core={"cpu": cpu, "device": dev}, train_device_vs_cpu=dev / cpu)
+        train_line = (f"; train stream (uint8 as delivered) cpu backend {cpu:.0f}, device backend "
+                      f"{dev:.0f} samples/s/core ({dev / cpu:.1f}x)")
+    if applied:
+        summary["apply_one_core_samples_per_s"] = applied["samples_per_s"]
+        train_line += (f"; apply alone on 1 CPU core: torch {applied['samples_per_s']['device']:.0f}, "
+                       f"PIL {applied['samples_per_s']['cpu']:.0f} samples/s")
     if "s3" in results:
         s3 = results["s3"]
         summary["s3_fan_out_vs_per_sample"] = (s3["fan_out_eval"]["samples_per_s_per_core"]
@@ -215,9 +265,9 @@ def _report(args, world, ceiling: dict, results: dict, paired: list[float] | Non
             f"({summary['fan_out_vs_per_sample']:.1f}x); ceiling {ceiling_samples:.0f} "
             f"({100 * summary['fan_out_vs_ceiling']:.0f}% reached"
             + (f"; back-to-back median {100 * summary['fan_out_vs_ceiling_paired']:.0f}%" if paired else "")
-            + ") |")
+            + ")" + train_line + " |")
     return dict(benchmark="data", world=world.__dict__, cpus=args.cpus, ceiling=ceiling,
-                results=results, summary=summary, markdown=line,
+                results=results, summary=summary, markdown=line, apply=applied,
                 machine=dict(node=platform.node(), cores=os.cpu_count()))
 
 
@@ -228,8 +278,7 @@ def _csv(value: str | None, cast=str) -> list | None:
 def _train_setup(args, cuda_available: bool):
     """(ModelConfig, cases, device, steps, warmup) from the ``train`` options; ValueError on bad
     ones. ``--device auto`` is CUDA when ``cuda_available`` (here, or on the Ray cluster)."""
-    import itertools
-
+    # deferred: loads torch (see the note above add_arguments)
     import torch
 
     from clipvg.bench import train as bt
@@ -257,6 +306,7 @@ def _train_setup(args, cuda_available: bool):
 
 
 def _device(args, cuda_available: bool) -> str:
+    # deferred: loads torch (see the note above add_arguments)
     import torch
 
     if args.device == "auto":
@@ -266,12 +316,6 @@ def _device(args, cuda_available: bool) -> str:
 
 def _model_config(arch_text: str, image_size: int | None):
     """ModelConfig of ``--arch`` (a name or an inline YAML dict) and ``--image-size``."""
-    import dataclasses
-
-    import yaml
-
-    from clipvg.config import ModelConfig
-
     arch = yaml.safe_load(arch_text) if arch_text.lstrip().startswith("{") else arch_text
     cfg = ModelConfig(arch=arch)
     if isinstance(arch, dict):
@@ -284,6 +328,7 @@ def _model_config(arch_text: str, image_size: int | None):
 
 def run_score(args: argparse.Namespace) -> int:
     """``clipvg benchmark score`` (see clipvg.bench.score)."""
+    # deferred: loads torch (see the note above add_arguments)
     import torch
 
     from clipvg.bench import score as bs
@@ -296,8 +341,6 @@ def run_score(args: argparse.Namespace) -> int:
         return 2
     use_ray = device == "cpu" and not args.replica_only  # GPU: samples/s per GPU, one replica
     if use_ray:
-        from clipvg.distributed.local_ray import init_ray, quiet_data
-
         init_ray(args.address, args.cpus if args.cpus > 1 else 3, log_to_driver=False)  # 2 actors + 1
         quiet_data()
     out = Path(args.out)
@@ -310,15 +353,42 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engines(args, device: str) -> tuple[str, ...]:
+    """The engines ``--engines`` asks for (see its help); ValueError on a bad one."""
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    if args.engines == "auto":
+        return ENGINES if device == "cpu" and not args.address else ()
+    names = tuple(_csv(args.engines) or [])
+    if names == ("none",):
+        return ()
+    bad = [n for n in names if n not in ENGINES]
+    if bad or not names:
+        raise ValueError(f"--engines takes {', '.join(ENGINES)} or none, got {args.engines!r}")
+    return names
+
+
+def _run_engines(args, engines: tuple[str, ...], out: Path) -> dict:
+    """The engines' report (clipvg.bench.engines) and its Markdown line."""
+    threads = args.threads or os.cpu_count() or 1
+    if "ray_train" in engines:
+        init_ray(args.address, os.cpu_count(), log_to_driver=False)  # the engines share the machine
+        quiet_data()
+    print(f"engines {', '.join(engines)}: {threads} torch thread(s) each, {args.images} train images, "
+          f"{args.epochs} epochs", flush=True)
+    report = be.run_engines(str(out / "engines"), args.engine_config, engines=engines, images=args.images,
+                            epochs=args.epochs, threads=threads)
+    return {**report, "engines_markdown": be.markdown_line(report, platform.node(), os.cpu_count())}
+
+
 def run_train(args: argparse.Namespace) -> int:
+    # deferred: loads torch (see the note above add_arguments)
     import torch
 
     from clipvg.bench import train as bt
 
     cuda = torch.cuda.is_available()
     if args.address:
-        from clipvg.distributed.local_ray import cluster_gpus, init_ray
-
         init_ray(args.address)
         cuda = cluster_gpus() > 0  # the task runs where the GPUs are
     try:
@@ -326,15 +396,25 @@ def run_train(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"clipvg benchmark: error: {err}", file=sys.stderr)
         return 2
+    try:
+        engines = _engines(args, device)
+    except ValueError as err:
+        print(f"clipvg benchmark: error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"train step, {cfg.arch if isinstance(cfg.arch, str) else 'inline arch'} on {device}: "
-          f"{len(cases)} case(s), {warmup} warm-up + {steps} timed steps each", flush=True)
-    if args.address:
-        report = bt.run_on_ray(cfg, cases, device, steps, warmup, cpus=args.cpus)
-    else:
-        report = bt.run_benchmark(cfg, cases, device, steps, warmup)
-    report["markdown"] = bt.markdown_line(report)
+    report = {"benchmark": "train", "results": []}
+    if not args.engines_only:
+        print(f"train step, {cfg.arch if isinstance(cfg.arch, str) else 'inline arch'} on {device}: "
+              f"{len(cases)} case(s), {warmup} warm-up + {steps} timed steps each", flush=True)
+        if args.address:
+            report = bt.run_on_ray(cfg, cases, device, steps, warmup, cpus=args.cpus)
+        else:
+            report = bt.run_benchmark(cfg, cases, device, steps, warmup)
+        report["markdown"] = bt.markdown_line(report)
+    if engines:
+        report.update(_run_engines(args, engines, out))
+    report["markdown"] = "\n".join(filter(None, [report.get("markdown"), report.get("engines_markdown")]))
     (out / "benchmark-train.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out / "benchmarks.md", "a") as f:
         f.write(report["markdown"] + "\n")

@@ -32,11 +32,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from clipvg.config import Config, ScoringConfig
 from clipvg.data import storage
 from clipvg.data.fanout import FanOutSpec
 from clipvg.engine.reliability import SCORE_ROWS, ReliabilityScorer
+from clipvg.model.io import CONFIG_FILE
 
 
 class ExactlyOnceError(RuntimeError):
@@ -50,8 +52,6 @@ class Scorer(ReliabilityScorer):
 def read_model_config(model_dir: str, **storage_options: Any) -> dict:
     """``model_config.json`` of a model folder (local or on storage); FileNotFoundError naming
     the folder when it is not one."""
-    from clipvg.model.io import CONFIG_FILE
-
     try:
         return storage.read_json(storage.join(model_dir, CONFIG_FILE), **storage_options)
     except FileNotFoundError:
@@ -85,8 +85,10 @@ def image_sizes(root: str, image_ids: list[str], **storage_options: Any) -> dict
 def model_dataset(plan, spec: FanOutSpec, cfg: Config, model_dir: str, pool: ScoringConfig,
                   **storage_options: Any):
     """The Ray Dataset of score rows of ``plan`` (lazy; consume it with :func:`collect`)."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray.data
 
+    # deferred: loads Ray; paid only when this runs, not on import
     from clipvg.distributed.streaming import build_dataset, task_resources
 
     # a block = at most one replica batch of canvases, and >= 4 blocks per actor on small inputs
@@ -100,7 +102,7 @@ def model_dataset(plan, spec: FanOutSpec, cfg: Config, model_dir: str, pool: Sco
                   size=spec.size, normalize=cfg.data.augment.normalize, batch_size=pool.batch_size,
                   device="cuda" if pool.gpus_per_actor > 0 else "cpu", precision=cfg.train.precision,
                   threads=pool.threads_per_actor, storage_options=storage_options,
-                  autocast=pool.full_bf16)  # opt-in, see ReliabilityScorer
+                  autocast=pool.full_bf16, compile=pool.compile)  # opt-in, see ReliabilityScorer
     return canvases.map_batches(
         Scorer, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=pool.actors),
         num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor or None, batch_size=pool.batch_size,
@@ -111,8 +113,6 @@ def collect(ds, total: int, progress: bool | None = None, desc: str = "scoring")
     """All score rows of ``ds`` on the driver, and timings: ``seconds`` in all, ``first_row_s``
     until the first rows arrived and ``first_rows`` (how many came with them).
     ``progress``: a tqdm bar over ``total`` rows (None: when stderr is a terminal)."""
-    from tqdm import tqdm
-
     show = sys.stderr.isatty() if progress is None else progress
     parts, start, first = [], time.perf_counter(), None
     with tqdm(total=total, unit="sample", desc=desc, disable=not show) as bar:

@@ -24,18 +24,23 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.experimental.tqdm_ray import tqdm
+from safetensors.torch import load
 
 from clipvg.config import Config, ScalingConfig
 from clipvg.data import storage
 from clipvg.data.fanout import FanOutSpec
-from clipvg.sources.synthetic.baseline import world_baselines
 from clipvg.distributed.shards import rank_images
 from clipvg.distributed.streaming import StreamPlan, StreamReport, build_dataset, iter_model_batches
 from clipvg.engine.checkpoint import TrainState, load_training_state, save_training_state
 from clipvg.engine.control import control_summary, fmt_acc, shuffled_text_table
-from clipvg.engine.metrics import AccuracyMeter
+from clipvg.engine.flops import mfu, peak_flops, train_flops_per_sample
 from clipvg.engine.loop import build_training, end_epoch, epoch_rate
-from clipvg.engine.steps import evaluate, lr_factor, set_lr, train_step
+from clipvg.engine.metrics import AccuracyMeter
+from clipvg.engine.run_log import RunLog
+from clipvg.engine.steps import StepLosses, evaluate, lr_factor, set_lr, train_step
+from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE
+from clipvg.sources.synthetic.baseline import world_baselines
 
 log = logging.getLogger("clipvg.train")
 BEST = "best"
@@ -169,7 +174,6 @@ def _restore(raw_model, optimizer, ctx: Ctx, job: WorkerJob) -> TrainState:
 def _open_log(cfg: Config, job: WorkerJob, ctx: Ctx, state: TrainState):
     if not ctx.is_chief:
         return None
-    from clipvg.engine.run_log import RunLog
 
     resumed = state.epoch > 0
     return RunLog(cfg.run_dir, tempfile.mkdtemp(prefix="clipvg-log-"), job.storage_options,
@@ -224,6 +228,18 @@ def _train_epoch(model, optimizer, job: WorkerJob, ctx: Ctx, epoch: int, state: 
     bar = _progress(ctx, steps, f"epoch {epoch + 1}/{cfg.train.epochs}")
     t0, seen, loss_sum, step_in_epoch, flops = time.perf_counter(), 0, 0.0, 0, None
     t_first = None  # first batch in hand: the step loop's clock starts (epoch_rate)
+    reader = StepLosses(cfg.train.sync_every)  # losses read every train.sync_every steps
+
+    def read(records: list[dict]) -> None:
+        nonlocal loss_sum
+        for r in records:
+            loss_sum += r["loss"] * r.pop("n")
+            if bar is not None:
+                bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs} loss {r['loss']:.3f} "
+                                    f"{r['samples_per_s']:.0f} samples/s")
+            if run_log is not None and r["step"] % cfg.train.log_every == 0:
+                run_log.step(r)
+
     while step_in_epoch < steps:
         batch = next(batches, None)
         if not _all_have(batch is not None, ctx):
@@ -235,17 +251,17 @@ def _train_epoch(model, optimizer, job: WorkerJob, ctx: Ctx, epoch: int, state: 
             flops = _flops_per_sample(model, batch, ctx)
         if t_first is None:
             t_first = time.perf_counter()
-        losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss)
+        losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss,
+                            sync=reader.sync)
         n = len(batch["sample_id"]) * ctx.world  # global batch
-        seen, loss_sum = seen + n, loss_sum + losses["loss"] * n
+        seen = seen + n
         state.global_step, state.samples_seen, step_in_epoch = state.global_step + 1, state.samples_seen + n, step_in_epoch + 1
         rate = seen / (time.perf_counter() - t0)
         if bar is not None:
             bar.update(1)
-            bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs} loss {losses['loss']:.3f} {rate:.0f} samples/s")
-        if run_log is not None and state.global_step % cfg.train.log_every == 0:
-            run_log.step({"step": state.global_step, "epoch": epoch, "lr": lr, "samples_per_s": rate,
-                          "mfu": _mfu(rate, flops, ctx), **losses})
+        read(reader.add(losses, step=state.global_step, epoch=epoch, lr=lr, samples_per_s=rate,
+                        mfu=_mfu(rate, flops, ctx), n=n))
+    read(reader.read())
     if bar is not None:
         bar.close()
     end = time.perf_counter()
@@ -260,7 +276,6 @@ def _progress(ctx: Ctx, total: int, desc: str):
     """A progress bar in the driver's log (Ray's tqdm forwards worker bars to the driver)."""
     if not ctx.is_chief:
         return None
-    from ray.experimental.tqdm_ray import tqdm
 
     return tqdm(total=total, desc=desc)
 
@@ -269,7 +284,6 @@ def _flops_per_sample(model, batch: dict, ctx: Ctx) -> float:
     """Training FLOPs per sample, measured once on GPU (MFU); 0 on CPU, where MFU is not logged."""
     if ctx.device.type != "cuda":
         return 0.0
-    from clipvg.engine.flops import peak_flops, train_flops_per_sample
 
     if peak_flops(ctx.device) is None:
         return 0.0
@@ -282,7 +296,6 @@ def _flops_per_sample(model, batch: dict, ctx: Ctx) -> float:
 def _mfu(samples_per_s: float, flops: float | None, ctx: Ctx) -> float | None:
     if not flops:
         return None
-    from clipvg.engine.flops import mfu, peak_flops
 
     return mfu(samples_per_s / ctx.world, flops, peak_flops(ctx.device))
 
@@ -349,8 +362,6 @@ def _report_epoch(cfg: Config, job: WorkerJob, raw_model, optimizer, state: Trai
 
 def _publish_best(folder: str, run_dir: str, storage_options: dict) -> None:
     """Copy the model files of a checkpoint folder to ``<run>/best/`` (a model folder)."""
-    from clipvg.model.io import CONFIG_FILE, WEIGHTS_FILE
-
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         data = (Path(folder) / name).read_bytes()
         storage.write_bytes(data, storage.join(run_dir, BEST, name), **storage_options)
@@ -358,10 +369,6 @@ def _publish_best(folder: str, run_dir: str, storage_options: dict) -> None:
 
 def _test_best(cfg: Config, job: WorkerJob, raw_model, ctx: Ctx) -> dict:
     """Held-out accuracy of the best checkpoint on every test split."""
-    from safetensors.torch import load
-
-    from clipvg.model.io import WEIGHTS_FILE
-
     data = storage.read_bytes(storage.join(cfg.run_dir, BEST, WEIGHTS_FILE), **job.storage_options)
     raw_model.load_state_dict({k: v.to(ctx.device) for k, v in load(data).items()}, strict=True)
     return {split: _evaluate(raw_model, job, split, ctx) for split in cfg.data.test_splits}

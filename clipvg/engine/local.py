@@ -39,15 +39,21 @@ import torch
 from clipvg.config import Config, check_launcher, load_config, save_config
 from clipvg.data import storage
 from clipvg.engine.batching import build_loader, ensure_dataset
-from clipvg.sources.synthetic.baseline import world_baselines
-from clipvg.engine.checkpoint import (STATE_FILE, TrainState, load_training_state, read_rng_state,
-                                      save_training_state)
+from clipvg.engine.checkpoint import (
+    STATE_FILE,
+    TrainState,
+    load_training_state,
+    read_rng_state,
+    save_training_state,
+)
 from clipvg.engine.control import fmt_acc, shuffled_text_table
-from clipvg.engine.loop import build_training, end_epoch, under_policy
-from clipvg.engine.steps import evaluate, limited, lr_factor, set_lr, train_step
+from clipvg.engine.loop import build_training, end_epoch, epoch_rate, under_policy
+from clipvg.engine.run_log import RunLog
+from clipvg.engine.steps import StepLosses, evaluate, limited, lr_factor, set_lr, train_step
 from clipvg.errors import InterruptedRun, UserError
-from clipvg.model import count_parameters, export_model
+from clipvg.model import count_parameters, export_model, load_model
 from clipvg.progress import progress as progress_bar
+from clipvg.sources.synthetic.baseline import world_baselines
 
 log = logging.getLogger("clipvg.train")
 
@@ -199,8 +205,6 @@ def train_local(cfg: Config, progress: bool = True, *, overwrite: bool = False,
 
 
 def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options: dict) -> TrainHistory:
-    from clipvg.engine.run_log import RunLog
-
     local = folder.local
     local.mkdir(parents=True, exist_ok=True)
     save_config(cfg, storage.join(cfg.run_dir, "config.yaml"), **options)
@@ -232,27 +236,38 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
     try:
         for epoch in range(state.epoch, cfg.train.epochs):
             t0, seen, loss_sum, step_in_epoch = time.perf_counter(), 0, 0.0, 0
+            t_first = None  # first batch in hand: the step loop's clock starts (epoch_rate)
             if hasattr(train_loader.dataset, "set_epoch"):  # fresh images: a new stream per epoch
                 train_loader.dataset.set_epoch(epoch)
             bar = progress_bar(limited(train_loader, cfg.train.max_steps_per_epoch), total=steps_per_epoch,
                                desc=f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=None if progress else False)
+            reader = StepLosses(cfg.train.sync_every)  # losses read every train.sync_every steps
+
+            def read(records: list[dict]) -> None:
+                nonlocal loss_sum
+                for r in records:
+                    n = r.pop("n")
+                    loss_sum += r["loss"] * n
+                    bar.set_postfix(loss=f"{r['loss']:.3f}", sps=f"{r['samples_per_s']:.0f}")
+                    if r["step"] % cfg.train.log_every == 0:
+                        run_log.step(r)
+
             for batch in bar:
+                t_first = time.perf_counter() if t_first is None else t_first
                 factor = lr_factor(step, epoch, cfg.train.epochs, steps_per_epoch, cfg.train.schedule, cfg.train.warmup_steps)
                 set_lr(optimizer, cfg.train.lr * factor)
-                losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss)
+                losses = train_step(model, batch, optimizer, cfg.train.clip_grad_norm, cfg.train.map_loss,
+                                    sync=reader.sync)
                 n = len(batch["sample_id"])
-                seen, loss_sum, step, step_in_epoch = seen + n, loss_sum + losses["loss"] * n, step + 1, step_in_epoch + 1
-                rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{losses['loss']:.3f}", sps=f"{rate:.0f}")
-                if step % cfg.train.log_every == 0:
-                    run_log.step({"step": step, "epoch": epoch, "lr": cfg.train.lr * factor,
-                                  "samples_per_s": rate, **losses})
-            train_seconds = time.perf_counter() - t0
+                seen, step, step_in_epoch = seen + n, step + 1, step_in_epoch + 1
+                read(reader.add(losses, step=step, epoch=epoch, lr=cfg.train.lr * factor,
+                                samples_per_s=seen / (time.perf_counter() - t0), n=n))
+            read(reader.read())
+            rate = epoch_rate(seen, t0, t_first, time.perf_counter())
             where = f"at epoch {epoch + 1} step {step_in_epoch} (evaluating, saving)"
             result = evaluate(model, val_loader)
             record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
-                      "train_samples": seen, "train_seconds": train_seconds,
-                      "train_samples_per_s": seen / (time.perf_counter() - t0),
+                      **rate,  # train_samples, train_seconds, train_startup_s, train_samples_per_s
                       "val": result.summary(), "elapsed_s": time.perf_counter() - t0}
             # a new state object: ``saved`` keeps what last/ holds until it is written
             state = dataclasses.replace(state, global_step=step, samples_seen=state.samples_seen + seen)
@@ -286,8 +301,6 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
 
 def _evaluate_best(cfg: Config, data_uri: str, run_dir: Path, storage_options: dict) -> dict:
     """Held-out accuracy of the best checkpoint on every test split."""
-    from clipvg.model import load_model
-
     best = under_policy(load_model(run_dir / "best"), cfg)  # tested as it was validated
     out = {}
     for split in cfg.data.test_splits:
@@ -301,8 +314,6 @@ def train_local_to_storage(cfg: Config, progress: bool = False) -> dict:
     ``metrics.jsonl`` and ``config.yaml`` published to ``cfg.run_dir`` (any storage URI).
     Returns the history as :mod:`clipvg.distributed.trainer` writes it (``run_dir`` = the
     storage folder). A run interrupted before publishing starts over when run again."""
-    import dataclasses
-
     options = storage.options_from_config(cfg.storage)
     with tempfile.TemporaryDirectory(prefix="clipvg-trial-") as tmp:
         local = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=tmp, run_name="run"))
