@@ -240,20 +240,14 @@ def test_ray_outside_its_packages_and_a_module_in_no_layer_fail(tmp_path):
 
 
 # ------------------------------------------------------------------------------ deferred imports
-# Files whose function-level imports still lack their reason (being edited for issue 19 when the
-# rule came in). Empty this, do not grow it.
-UNCOMMENTED_PENDING: set[str] = {
-    "clipvg/bench/cli.py", "clipvg/bench/data.py", "clipvg/bench/score.py", "clipvg/bench/train.py",
-    "clipvg/data/transforms.py", "clipvg/distributed/inference.py", "clipvg/distributed/scoring.py",
-    "clipvg/distributed/trainer.py", "clipvg/distributed/worker.py", "clipvg/engine/batching.py",
-    "clipvg/engine/local.py", "clipvg/model/backbone.py",
-}
+# Files whose function-level imports still lack their reason. Empty: keep it so.
+UNCOMMENTED_PENDING: set[str] = set()
 
 
 def uncommented_deferred_imports(path: Path) -> list[int]:
     """Lines of imports inside functions with no comment saying why they are deferred: a
     comment on the import's line, on an import line above it in its block of consecutive
-    imports, or on the line just above that block."""
+    imports (blank lines between import groups included), or on the line just above that block."""
     lines = path.read_text().splitlines()
     tree = ast.parse("\n".join(lines), str(path))
     found = []
@@ -264,7 +258,10 @@ def uncommented_deferred_imports(path: Path) -> list[int]:
             if not isinstance(node, (ast.Import, ast.ImportFrom)) or "#" in lines[node.lineno - 1]:
                 continue
             above = node.lineno - 2
-            while above >= 0 and lines[above].strip().startswith(("import ", "from ")):
+            # a block: consecutive imports, with the blank lines between their groups (isort)
+            while above >= 0 and (lines[above].strip().startswith(("import ", "from "))
+                                  or (not lines[above].strip() and above > 0
+                                      and lines[above - 1].strip().startswith(("import ", "from ")))):
                 if "#" in lines[above]:  # the block's reason, after its first import
                     break
                 above -= 1
@@ -290,6 +287,6 @@ def test_imports_sit_at_module_top_unless_deferred_with_a_reason():
 def test_the_deferred_import_rule_sees_a_bare_one_and_accepts_a_reasoned_block(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("import os\n\n\ndef f():\n    import json\n    return json\n\n\n"
-                    "def g():\n    # deferred: loads torch\n    import torch\n    from torch import nn\n"
+                    "def g():\n    # deferred: loads torch\n    import torch\n\n    from torch import nn\n"
                     "    import math  # stdlib, but a reason is a reason\n")
     assert uncommented_deferred_imports(path) == [5]

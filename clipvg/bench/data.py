@@ -44,6 +44,7 @@ from clipvg.data.augment_torch import apply_batch
 from clipvg.data.fanout import FanOutSpec, decode
 from clipvg.data.transforms import normalize_images, train_sample
 from clipvg.data.validate import ingest
+from clipvg.distributed import streaming as st
 
 WORDS = ("red", "blue", "green", "small", "large", "left", "right", "man", "dog", "car", "cup",
          "table", "shirt", "near", "the", "with", "behind", "white", "black", "wooden")
@@ -172,8 +173,6 @@ def stream_rate(uri: str, *, per_sample: bool, train: bool, cpus: int, batch_siz
     (what a GPU trainer does before its device takes over). ``backend``: the training
     augmentation's (``data.augment.backend``).
     """
-    from clipvg.distributed import streaming as st
-
     spec = FanOutSpec(train=train, augment=AugmentConfig(backend=backend))
     start = time.perf_counter()
     plan = st.plan_split(uri, "val", spec, per_sample=per_sample, **storage_options)

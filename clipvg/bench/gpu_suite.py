@@ -91,7 +91,7 @@ def measure_train(cfg, device: torch.device, steps: int, warmup: int) -> dict:
     backbone = model.backbone
     batch = synthetic_batch(cfg.train.batch_size, backbone.visual.image_size[0], backbone.context_length,
                             device=device, vocab_size=backbone.token_embedding.num_embeddings)
-    every = getattr(cfg.train, "sync_every", 1)
+    every = cfg.train.sync_every
     reader = StepLosses(every)
 
     def run(n: int) -> None:

@@ -27,11 +27,19 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
+import torch
 
+from clipvg.bench.train import _cpu_name
 from clipvg.config import Config, ModelConfig, SynthConfig, load_config
 from clipvg.data import storage
+from clipvg.data.fanout import FanOutSpec, concat_rows, decode, fan_out, group_samples, tokenize_texts
+from clipvg.distributed.scoring import score_samples
+from clipvg.engine.precision import resolve_precision
+from clipvg.engine.reliability import ReliabilityScorer
+from clipvg.model import build_model
+from clipvg.model.io import export_model
+from clipvg.sources.synthetic.scenes import write_world
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # packaged (configs/ links here)
 
@@ -48,19 +56,12 @@ def bench_config(model: ModelConfig | None, batch_size: int) -> Config:
 
 
 def write_measurer(cfg: Config, folder: str) -> str:
-    import torch
-
-    from clipvg.model import build_model
-    from clipvg.model.io import export_model
-
     torch.manual_seed(0)
     return str(export_model(build_model(cfg.model), folder))
 
 
 def write_bench_world(out: str, cfg: Config, images: int) -> tuple[str, pa.Table]:
     """The synthetic world (split val, images of the canvas size) and its samples."""
-    from clipvg.sources.synthetic.scenes import write_world
-
     size = cfg.model.image_size
     uri = storage.join(out, f"score-world-{size}px-{images}")
     write_world(uri, SynthConfig(image_size=size), seed=0, splits={"val": images})
@@ -70,8 +71,6 @@ def write_bench_world(out: str, cfg: Config, images: int) -> tuple[str, pa.Table
 def canvas_batches(uri: str, samples: pa.Table, cfg: Config, canvases: int) -> tuple[list[dict], list[str], dict]:
     """Eval canvas rows of ``samples`` (decoded here, once), in batches of ``canvases``;
     the sample ids and image sizes a scorer needs."""
-    from clipvg.data.fanout import FanOutSpec, concat_rows, decode, fan_out, group_samples, tokenize_texts
-
     spec = FanOutSpec.from_config(cfg, train=False)
     tokens, errors = tokenize_texts(samples.column("text").to_pylist(), spec)
     table = samples.append_column("tokens", pa.FixedSizeListArray.from_arrays(
@@ -94,11 +93,6 @@ def replica_rate(cfg: Config, model_dir: str, batches: list[dict], sample_ids: l
     """samples/s of one scorer replica in this process (see module doc). ``autocast``: bf16 over
     the whole forward; None = ``curriculum.scoring.full_bf16``, as ``clipvg score`` does.
     ``compile``: torch.compile the replica; None = ``curriculum.scoring.compile``."""
-    import torch
-
-    from clipvg.engine.precision import resolve_precision
-    from clipvg.engine.reliability import ReliabilityScorer
-
     threads = cfg.curriculum.scoring.threads_per_actor if device == "cpu" else None
     scorer = ReliabilityScorer(model_dir, sample_ids, sizes, size=cfg.model.image_size,
                                normalize=cfg.data.augment.normalize, batch_size=cfg.curriculum.scoring.batch_size,
@@ -125,8 +119,6 @@ def replica_rate(cfg: Config, model_dir: str, batches: list[dict], sample_ids: l
 
 def actors_rate(cfg: Config, model_dir: str, uri: str, samples: pa.Table, actors: int, passes: int) -> dict:
     """End-to-end and steady samples/s of score_samples with ``actors`` CPU actors (best pass)."""
-    from clipvg.distributed.scoring import score_samples
-
     cfg = dataclasses.replace(cfg, curriculum=dataclasses.replace(
         cfg.curriculum, scoring=dataclasses.replace(cfg.curriculum.scoring, actors=actors)))
     runs = []
@@ -143,10 +135,6 @@ def actors_rate(cfg: Config, model_dir: str, uri: str, samples: pa.Table, actors
 
 
 def environment() -> dict:
-    import torch
-
-    from clipvg.bench.train import _cpu_name
-
     return dict(node=platform.node(), cpu=_cpu_name(), cpu_cores=os.cpu_count(), torch=torch.__version__,
                 cuda=torch.version.cuda, load_avg_1m=os.getloadavg()[0])
 

@@ -30,9 +30,16 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import open_clip
 import torch
 
 from clipvg.config import ModelConfig
+from clipvg.distributed.local_ray import run_as_task
+from clipvg.engine.flops import mfu, peak_flops, train_flops_per_sample
+from clipvg.engine.precision import apply_precision
+from clipvg.engine.steps import build_optimizer, train_step
+from clipvg.model import build_model
+from clipvg.model.clipvg import build_model, count_parameters
 
 CPU_DEFAULTS = dict(batch_sizes=[8], steps=3, warmup=1)
 GPU_DEFAULTS = dict(batch_sizes=[64, 128], steps=20, warmup=5)
@@ -96,8 +103,6 @@ def _tf32() -> bool:
 
 
 def _peak(device: torch.device, precision: str) -> float | None:
-    from clipvg.engine.flops import peak_flops
-
     dtype = {"bf16": torch.bfloat16, "fp16-frozen": torch.float16}.get(precision)
     return peak_flops(device, dtype or ("tf32" if _tf32() else torch.float32))
 
@@ -105,11 +110,6 @@ def _peak(device: torch.device, precision: str) -> float | None:
 def measure_case(model_cfg: ModelConfig, case: TrainCase, device: torch.device | str,
                  steps: int, warmup: int, lr: float = 2.5e-4, weight_decay: float = 1e-4) -> dict:
     """Build a fresh model for ``case``, warm up, time ``steps`` train steps; see the module doc."""
-    from clipvg.engine.flops import mfu, train_flops_per_sample
-    from clipvg.engine.precision import apply_precision
-    from clipvg.engine.steps import build_optimizer, train_step
-    from clipvg.model import build_model
-
     device = torch.device(device)
     torch.manual_seed(0)
     model = apply_precision(build_model(model_cfg).to(device), case.precision, device)
@@ -160,8 +160,6 @@ def _cpu_name() -> str:
 
 def environment(device: torch.device | str) -> dict:
     """Versions and the device: what a number needs next to it to mean anything."""
-    import open_clip
-
     device = torch.device(device)
     env = dict(node=platform.node(), python=platform.python_version(), torch=torch.__version__,
                cuda=torch.version.cuda, open_clip=open_clip.__version__, cpu_cores=os.cpu_count(),
@@ -179,8 +177,6 @@ def run_benchmark(model_cfg: ModelConfig, cases: list[TrainCase], device: str,
                   steps: int, warmup: int) -> dict:
     """Every case in turn (a fresh model each); a case that runs out of device memory is
     recorded with ``error`` instead of ending the run."""
-    from clipvg.model.clipvg import build_model, count_parameters
-
     device = torch.device(device)
     total, trainable = count_parameters(build_model(model_cfg))
     results = []
@@ -214,8 +210,6 @@ def run_on_ray(model_cfg: ModelConfig, cases: list[TrainCase], device: str, step
     """:func:`run_benchmark` inside one Ray task (one GPU when ``device`` is CUDA), so a job
     submitted to a cluster measures a worker's accelerator rather than the head node's.
     Ray must already be initialised; the task's torch threads = its ``cpus``."""
-    from clipvg.distributed.local_ray import run_as_task
-
     gpus = 1 if torch.device(device).type == "cuda" else 0
     return run_as_task(_remote_benchmark, model_cfg, cases, device, steps, warmup, cpus,
                        num_cpus=cpus, num_gpus=gpus)

@@ -28,14 +28,35 @@ import torch
 from PIL import Image
 
 from clipvg.config import AugmentConfig
+
 # Re-exported: the train augmentation's constants and helpers live in clipvg.data.augment.
 from clipvg.data.augment import (  # noqa: F401
-    BLUR_P, BLUR_RADIUS, CROP_ATTEMPTS, CROP_MAX, CROP_MIN, JITTER_P, JITTER_RANGE, SHORT_SIDES,
-    SPATIAL_WORDS, apply_params, centred as _centred, check_box as _check_box, draw_params, encode_box,
-    has_spatial_word, resized_size, train_scales,
+    BLUR_P,
+    BLUR_RADIUS,
+    CROP_ATTEMPTS,
+    CROP_MAX,
+    CROP_MIN,
+    JITTER_P,
+    JITTER_RANGE,
+    SHORT_SIDES,
+    SPATIAL_WORDS,
+    apply_params,
+    draw_params,
+    encode_box,
+    has_spatial_word,
+    resized_size,
+    train_scales,
+)
+from clipvg.data.augment import (
+    centred as _centred,
+)
+from clipvg.data.augment import (
+    check_box as _check_box,
 )
 
+
 def _clip_stats() -> tuple[tuple, tuple]:
+    # deferred: loads open_clip/torch; paid only when this runs, not on import
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)

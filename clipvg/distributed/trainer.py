@@ -43,7 +43,9 @@ import threading
 from pathlib import Path
 
 from clipvg.config import Config, ConfigError, check_launcher, load_config
+from clipvg.curriculum.selection import read_pool
 from clipvg.data import storage
+from clipvg.distributed.local_ray import add_ray_arguments, init_ray
 from clipvg.errors import InterruptedRun, UserError
 
 log = logging.getLogger("clipvg.train")
@@ -62,6 +64,7 @@ def resolve_config(cfg: Config) -> Config:
     elsewhere), and ``data.uri`` set to the dataset the run uses."""
     check_launcher(cfg, "ray_train")
     cfg = absolute_root(cfg)
+    # deferred: loads torch; paid only when this runs, not on import
     from clipvg.engine.batching import ensure_dataset
 
     data_uri = ensure_dataset(cfg)
@@ -73,7 +76,7 @@ def resolve_config(cfg: Config) -> Config:
 def plan_splits(cfg: Config) -> dict:
     """Stream plans of the train, validation and test splits (driver side, no image bytes).
     With ``data.train_pool`` the train plan streams the pool's selected samples instead."""
-    from clipvg.curriculum.selection import read_pool
+    # deferred: loads torch and Ray; paid only when this runs, not on import
     from clipvg.data.fanout import FanOutSpec
     from clipvg.distributed.streaming import plan_split
 
@@ -90,9 +93,11 @@ def plan_splits(cfg: Config) -> dict:
 
 def build_trainer(cfg: Config, plans: dict, callbacks: list | None = None):
     """The ``TorchTrainer`` of a resolved config (see :func:`resolve_config`)."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # deferred: loads Ray; paid only when this runs, not on import
     from clipvg.distributed.worker import WorkerJob, train_loop_per_worker
 
     options = storage.options_from_config(cfg.storage)
@@ -126,6 +131,7 @@ def prepare_run(cfg: Config, overwrite: bool = False) -> str | None:
     written: a complete checkpoint is continued; results without one are refused unless
     ``overwrite``, which removes the whole run folder (checkpoints, Ray Train's snapshot, best/,
     metrics) first. ``cfg``: with an absolute ``storage.root``."""
+    # deferred: loads Ray; paid only when this runs, not on import
     from clipvg.distributed.worker import latest_checkpoint
 
     options = storage.options_from_config(cfg.storage)
@@ -165,10 +171,12 @@ def cluster_capacity() -> tuple[dict | None, bool]:
     gets ``None``: its maximum is not published, so nothing can be said. Any other cluster - a
     local Ray, ``ray start`` nodes (the read-only autoscaler) - is what it has now.
     """
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray
 
     now = ray.cluster_resources()
     try:
+        # deferred: loads Ray; paid only when this runs, not on import
         from ray._private.state import state
 
         maxima = state.get_max_resources_from_cluster_config()
@@ -184,6 +192,7 @@ def cluster_capacity() -> tuple[dict | None, bool]:
 def _autoscaling_status() -> dict | None:
     """The v1 autoscaler's last status report (what ``ray status`` shows), or None."""
     try:
+        # deferred: loads Ray; paid only when this runs, not on import
         from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
 
@@ -216,6 +225,7 @@ def check_resources(cfg: Config) -> None:
     totals, and one worker's bundle must fit a single node. On an autoscaling cluster the
     maximum it can scale to is used where Ray publishes it, and nothing is refused where it does
     not (see :func:`cluster_capacity`)."""
+    # deferred: loads Ray; paid only when this runs, not on import
     import ray
 
     if not ray.is_initialized():  # nothing to compare with (fit() would start a local Ray)
@@ -251,6 +261,7 @@ def check_resources(cfg: Config) -> None:
 
 
 def _interrupted(cfg: Config) -> str:
+    # deferred: loads Ray; paid only when this runs, not on import
     from clipvg.distributed.worker import complete_checkpoints
 
     options = storage.options_from_config(cfg.storage)
@@ -318,7 +329,6 @@ def train(cfg: Config, callbacks: list | None = None, *, overwrite: bool = False
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config (default: built-in defaults)")
-    from clipvg.distributed.local_ray import add_ray_arguments
 
     add_ray_arguments(parser)
     parser.add_argument("--overwrite", action="store_true",
@@ -331,7 +341,6 @@ def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
     cfg = load_config(args.config, args.overrides, launcher="ray_train")
-    from clipvg.distributed.local_ray import init_ray
 
     init_ray(args.address, args.num_cpus)
     history = train(cfg, overwrite=args.overwrite)

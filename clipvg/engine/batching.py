@@ -25,8 +25,13 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 from clipvg.config import Config, DataConfig
 from clipvg.data.augment import AugmentParams, draw_params
 from clipvg.data.augment_torch import apply_batch
+from clipvg.data.dataset import GroundingDataset
+from clipvg.data.pools import read_pool
+from clipvg.data.storage import options_from_config
 from clipvg.data.text import prepare_text, tokenize
 from clipvg.data.transforms import eval_transform, train_transform
+from clipvg.sources.synthetic.fresh import FreshWorld
+from clipvg.sources.synthetic.scenes import write_world
 
 log = logging.getLogger("clipvg.data")
 
@@ -110,13 +115,9 @@ def collate(items: list[tuple], context_length: int = 77, overflow: str = "trunc
 def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_options) -> DataLoader:
     """A torch DataLoader over ``split`` of the dataset at ``uri`` (the train split: over
     ``data.train_pool``'s selected samples when the config has a pool)."""
-    from clipvg.data.dataset import GroundingDataset
-
     transform = SampleTransform(cfg.data, cfg.model.image_size, train, seed=cfg.train.seed)
     samples = None
     if train and cfg.data.train_pool:
-        from clipvg.data.pools import read_pool
-
         samples = read_pool(cfg.data.train_pool, **storage_options)
     dataset = GroundingDataset(uri, split, transform, official_boxes=cfg.data.box_int_truncation,
                                samples=samples, **storage_options)
@@ -125,7 +126,6 @@ def build_loader(cfg: Config, uri: str, split: str, train: bool, **storage_optio
     expr_types = {r.sample_id: r.expr_type for r in dataset.records}
     image_ids = {r.sample_id: r.image_id for r in dataset.records}
     if train and cfg.data.fresh_train_images:  # with data.uri null: checked by clipvg.config
-        from clipvg.sources.synthetic.fresh import FreshWorld
 
         dataset = FreshWorld(cfg.data.synth, cfg.data.seed, transform, epoch_samples=len(dataset),
                              easy_to_hard_epochs=cfg.data.easy_to_hard_epochs)
@@ -153,8 +153,6 @@ def ensure_dataset(cfg: Config) -> str:
     under ``<storage.root>/worlds/seed<seed>-<size>px`` (shared by every run with that world)."""
     if cfg.data.uri is not None:
         return cfg.data.uri
-    from clipvg.data.storage import options_from_config
-    from clipvg.sources.synthetic.scenes import write_world
 
     s = cfg.data.synth
     uri = (f"{cfg.storage.root.rstrip('/')}/worlds/seed{cfg.data.seed}-{s.image_size}px-"

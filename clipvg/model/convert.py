@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from clipvg.config import FusionConfig, ModelConfig
-from clipvg.model.io import ConversionError, _first_line, export_model, model_config_from_dict
+from clipvg.model.io import ConversionError, _first_line, export_model
 from clipvg.model.state_dict import short_list, strip_module_prefix
 
 if TYPE_CHECKING:
