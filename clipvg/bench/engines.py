@@ -8,7 +8,9 @@ the same torch threads, for ``epochs`` epochs each:
 * ``local``: :func:`clipvg.engine.local.train_local` in this process (``torch.set_num_threads``).
 * ``ray_train``: :func:`clipvg.distributed.trainer.train` with one worker on the connected Ray
   (``scaling.num_workers=1``, ``scaling.threads_per_worker`` = the same threads; the worker's
-  CPU reservation and the decode tasks' CPUs as the config says, e.g. the demo's 0.9 + 0.5).
+  CPU reservation as the config says, e.g. the demo's 0.9, and a whole core per decode task,
+  ``scaling.data_cpus=1.0``: on a machine whose cores the trainer's threads already use, more
+  decode tasks only take turns with the trainer - docs/benchmarks.md).
 
 Rate: each engine's own epoch record, one definition for both
 (:func:`clipvg.engine.loop.epoch_rate`): ``train_samples_per_s`` = samples / the step loop's
@@ -42,7 +44,10 @@ def engine_config(out: str, config: str | None, *, images: int, epochs: int, bat
                  "data.synth.val_images=8", "data.synth.test_images=8", f"train.epochs={epochs}",
                  "train.log_every=1000000", "train.resume=false", f"storage.root={out}",
                  f"storage.run_name={run_name}", "scaling.num_workers=1",
-                 f"scaling.threads_per_worker={threads}"]
+                 f"scaling.threads_per_worker={threads}",
+                 # a whole core per decode task: with the demo's 0.5, two decode tasks ran beside
+                 # a trainer whose threads use every core (measured: Ray / local 0.36 -> 0.82)
+                 "scaling.data_cpus=1.0"]
     if batch_size:
         overrides.append(f"train.batch_size={batch_size}")
     cfg = load_config(config or (DEMO if DEMO.exists() else None), overrides, launcher=launcher)
