@@ -296,7 +296,7 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
     data_cpus: float = 1.0  # CPUs per Ray Data decode task (fractional on small machines)
-    # torch intra-op threads of each Ray Train worker; None = max(1, int(cpus_per_worker)).
+    # torch intra-op threads of each Ray Train worker and in-trial training; None = max(1, int(cpus_per_worker)).
     # Ray sets OMP_NUM_THREADS from the reservation (1 for 0.5 or 1 CPU), so without this a
     # worker's torch runs one thread whatever the node has (clipvg.distributed.worker).
     threads_per_worker: int | None = None

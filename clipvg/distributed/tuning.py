@@ -76,8 +76,9 @@ def train_pool(base: Config, pool: list, *, trials_root: str, epochs: int,
 
         # deferred: loads open_clip; paid only when this runs, not on import
         from clipvg.engine.local import train_local_to_storage
+        from clipvg.distributed.worker import worker_threads  # the Ray Train worker's rule
 
-        torch.set_num_threads(max(1, int(base.scaling.cpus_per_worker)))
+        torch.set_num_threads(worker_threads(base.scaling))
         return train_local_to_storage(cfg)
 
     return train(cfg, callbacks)

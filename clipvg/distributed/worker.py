@@ -111,7 +111,7 @@ def run_history(run_dir: str, state: TrainState, test: dict, world: int,
 
 def worker_threads(scaling: ScalingConfig) -> int:
     """torch intra-op threads of a Ray Train worker: ``scaling.threads_per_worker``, else
-    ``max(1, int(scaling.cpus_per_worker))`` (the in-trial launcher's rule). Set explicitly
+    ``max(1, int(scaling.cpus_per_worker))``; the in-trial launcher uses the same. Set explicitly
     because Ray exports ``OMP_NUM_THREADS`` = the worker's CPU reservation (1 for 0.5 or 1 CPU):
     left alone, a worker on a 2-core machine trains on one thread while ``train-local`` uses two."""
     if scaling.threads_per_worker is not None:
