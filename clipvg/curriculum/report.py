@@ -65,15 +65,16 @@ METHODS = {  # key -> row label (paper Tables I/II)
 
 
 def accuracy_table(finals: dict) -> dict:
-    """method -> {"val": acc, <split>: acc, ...}."""
-    return {m: {"val": finals[m]["val_acc"], **finals[m]["test"]} for m in METHODS}
+    """method -> {"val": acc, <split>: acc, ...} of every method the finals trained (a method
+    left out, e.g. fully supervised without a ground-truth train split, has no entry)."""
+    return {m: {"val": finals[m]["val_acc"], **finals[m]["test"]} for m in METHODS if m in finals}
 
 
 def shuffled_accuracy_table(finals: dict) -> dict:
     """method -> {split: Acc@0.5 of the shuffled-text control} of each final model, as the
     search read it from the model's ``history.json`` (:mod:`clipvg.engine.control`); a model
     trained before the control existed, or never trained (an empty pool), gets ``{}`` ("-")."""
-    return {m: dict(finals[m].get("test_shuffled_text") or {}) for m in METHODS}
+    return {m: dict(finals[m].get("test_shuffled_text") or {}) for m in METHODS if m in finals}
 
 
 def accuracy_lines(acc: dict, shuffled: dict, test_splits: list[str]) -> list[str]:
@@ -83,6 +84,8 @@ def accuracy_lines(acc: dict, shuffled: dict, test_splits: list[str]) -> list[st
     columns = ["val"] + [c for s in test_splits for c in (s, f"{s}, shuffled text")]
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for m, label in METHODS.items():
+        if m not in acc:
+            continue
         cells = [_pct(acc[m].get("val"))]
         for s in test_splits:
             cells += [_pct(acc[m].get(s)), _pct(shuffled[m][s]) if s in shuffled[m] else "-"]
@@ -125,9 +128,10 @@ def plot_threshold_curves(ssa: dict, msa: dict, path: Path) -> Path:
 
 def plot_methods(acc: dict, split: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
-    names = list(METHODS)
+    colours = {"raw_template": "#999", "ssa": "#4a8", "raw_union": "#999", "msa": "#4a8", "full_supervised": "#48c"}
+    names = [m for m in METHODS if m in acc]
     values = [acc[m].get(split) or 0.0 for m in names]
-    bars = ax.barh(names[::-1], values[::-1], color=["#999", "#4a8", "#999", "#4a8", "#48c"][::-1])
+    bars = ax.barh(names[::-1], values[::-1], color=[colours[m] for m in names][::-1])
     for bar, v in zip(bars, values[::-1]):
         ax.text(bar.get_width() + 0.005, bar.get_y() + bar.get_height() / 2, f"{v:.3f}", va="center", fontsize=8)
     ax.set_xlim(0, 1.05)
@@ -176,6 +180,8 @@ def _markdown(pipeline: PipelineResult, acc: dict, report: dict, figs: dict) -> 
              *accuracy_lines(acc, report["shuffled_text"], pipeline.cfg.data.test_splits), "",
              "Shuffled text: the same held-out samples, each shown the expression of another image "
              "(a model that reads the text falls to or below the random-object baseline)."]
+    for m, why in report.get("left_out", {}).items():
+        lines += ["", f"Left out: {METHODS[m]} (`{m}`): {why}."]
     mg = report["margins"]
     lines += ["", f"Margins on `{mg['split']}`: SSA - w/o curriculum = {_pts(mg['ssa_minus_raw_template'])}, "
               f"MSA - w/o MSA = {_pts(mg['msa_minus_raw_union'])} (points).", "",
@@ -219,7 +225,8 @@ def write_report(pipeline: PipelineResult) -> dict:
     acc = accuracy_table(o["finals"])
     # its own key: the methods' entries keep their {val, <split>} shape (golden pipeline test)
     shuffled = shuffled_accuracy_table(o["finals"])
-    report = {**acc, "shuffled_text": shuffled,
+    left_out = o["finals"].get("left_out", {})
+    report = {**acc, "shuffled_text": shuffled, **({"left_out": left_out} if left_out else {}),
               "thresholds": {"ssa": o["ssa"]["h"], "msa": o["msa"]["thresholds"]},
               "source_order": o["msa"]["order"], "margins": margins(acc, split),
               "searched": {"thresholds": pipeline.cfg.curriculum.thresholds,
@@ -239,7 +246,8 @@ def write_report(pipeline: PipelineResult) -> dict:
     mg = report["margins"]
     summary = "\n".join([f"{METHODS[m]:<42} " + "  ".join(f"{s} {_pct(v)}" for s, v in acc[m].items())
                          + "".join(f"  {s} shuffled text {_pct(v)}" for s, v in shuffled[m].items())
-                         for m in METHODS] + [
+                         for m in METHODS if m in acc] + [
+        f"{METHODS[m]:<42} left out: {why}" for m, why in left_out.items()] + [
         f"SSA - w/o curriculum: {_pts(mg['ssa_minus_raw_template'])} points; "
         f"MSA - w/o MSA: {_pts(mg['msa_minus_raw_union'])} points ({split})"])
     return {"uri": out_uri, "markdown": storage.join(out_uri, "report.md"),

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -49,6 +50,8 @@ from clipvg.curriculum import schedulers
 from clipvg.curriculum.manifest import StageManifests, stage_key
 from clipvg.curriculum.selection import subset_sizes
 from clipvg.data import storage
+from clipvg.data.pseudo_sources import pseudo_sources, source_rows
+from clipvg.data.schema import SAMPLES, validate_table
 from clipvg.distributed.local_ray import add_ray_arguments, init_ray
 from clipvg.distributed.pseudo_stage import generate_source
 from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator, search_orders
@@ -211,6 +214,8 @@ class Pipeline:
     def _run_stages(self) -> dict:
         c = self.cfg.curriculum
         world_part = {"uri": self.cfg.data.uri, "seed": self.cfg.data.seed, "synth": to_dict(self.cfg.data.synth)}
+        if self.cfg.data.uri is not None:  # a dataset changed in place (import --add) is another world
+            world_part["manifest"] = self.dataset_fingerprint()
         self.stage("world", world_part, [], self._world)
         for s in self.sources:
             self.stage(f"pseudo:{s}", {"source": s, "options": c.generators.get(s, {}), "seed": self.cfg.data.seed},
@@ -231,6 +236,14 @@ class Pipeline:
         return self.outputs.get("report", {})  # absent only while planning
 
     # ---------------------------------------------------------------- stages
+    def dataset_fingerprint(self) -> str:
+        """A hash of the ``data.uri`` dataset's manifest (what it holds and when it was written)."""
+        uri = storage.join(self.cfg.data.uri, "manifest.json")
+        if not storage.exists(uri, **self.options):
+            raise UserError(f"data.uri {self.cfg.data.uri} is not a clipvg dataset (no manifest.json there; "
+                            f"make one with `clipvg import-official` or `clipvg synth`)")
+        return hashlib.sha256(storage.read_bytes(uri, **self.options)).hexdigest()[:16]
+
     def _world(self) -> dict:
         # deferred: loads torch; paid only when this runs, not on import
         from clipvg.engine.batching import ensure_dataset
@@ -239,15 +252,38 @@ class Pipeline:
         if "://" not in uri:
             uri = str(Path(uri).resolve())
         manifest = storage.read_json(storage.join(uri, "manifest.json"), **self.options)
-        return {"uri": uri, "counts": manifest.get("counts", {})}
+        counts = manifest.get("counts", {})
+        wanted = [self.cfg.data.val_split, *self.cfg.data.test_splits]
+        absent = [s for s in wanted if s not in counts] if counts else []
+        if absent:
+            raise UserError(f"{uri} has no split {absent[0]!r} (data.val_split / data.test_splits); "
+                            f"its splits: {', '.join(sorted(counts))}")
+        out = {"uri": uri, "counts": counts}
+        imported = pseudo_sources(uri, manifest)
+        if imported:  # absent for datasets without ready-made labels: their stage keys stay
+            out["pseudo_sources"] = imported
+        return out
+
+    def imported(self, source: str) -> dict | None:
+        """The dataset's ready-made labels of ``source`` (import-official), or None."""
+        return self.outputs["world"].get("pseudo_sources", {}).get(source)
 
     def _pseudo(self, source: str) -> dict:
-        out = self.uri("pseudo", source)
-        rows = generate_source(self.outputs["world"]["uri"], source, out, seed=self.cfg.data.seed,
+        """The source's pseudo-labels as a samples table under ``<run>/pseudo/<source>``: the
+        dataset's imported rows of that source as they are (extra columns such as the official
+        ``box_raw`` / ``aux`` kept, for ``export-official --run``), else generated from the
+        dataset's record tables."""
+        out, world = self.uri("pseudo", source), self.outputs["world"]["uri"]
+        if self.imported(source) is not None:
+            rows = source_rows(world, source, **self.options)
+            storage.write_table(validate_table(rows, SAMPLES, where=out), out, **self.options)
+            return {"uri": out, "rows": rows.num_rows, "imported": self.imported(source)}
+        made = generate_source(world, source, out, seed=self.cfg.data.seed,
                                options=self.cfg.curriculum.generators.get(source, {}),
+                               exclude_splits=(self.cfg.data.val_split, *self.cfg.data.test_splits),
                                num_cpus=self.cfg.scaling.data_cpus,
                                resources=self.cfg.scaling.data_resources, **self.options)
-        return {"uri": out, "rows": rows}
+        return {"uri": out, **made}
 
     def samples_uri(self, source: str) -> str:
         return self.outputs[f"pseudo:{source}"]["uri"]
@@ -328,9 +364,18 @@ class Pipeline:
             "msa": _pool(msa["final"]["pool"]),
             "full_supervised": [],
         }
+        left_out = {}
+        train = self.cfg.data.train_split
+        counts = self.outputs["world"]["counts"]
+        if counts and train not in counts:  # e.g. CLIP-VG's unsupervised release
+            del methods["full_supervised"]
+            left_out["full_supervised"] = (
+                f"the dataset has no ground-truth split {train!r} (data.train_split) to train on; "
+                f"import it with `clipvg import-official --add --splits train` to compare")
         cands = [schedulers.Candidate(name, pool) for name, pool in methods.items()]
         outcomes = self.evaluator(self.final_epochs)(cands)
-        return {name: _outcome(o) for name, o in zip(methods, outcomes)}
+        finals = {name: _outcome(o) for name, o in zip(methods, outcomes)}
+        return {**finals, "left_out": left_out} if left_out else finals
 
     def _report(self) -> dict:
         from clipvg.curriculum.report import PipelineResult, write_report  # matplotlib: report stage only

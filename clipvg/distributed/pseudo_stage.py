@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from clipvg.data import storage
 from clipvg.data.schema import SAMPLES, SAMPLES_SCHEMA, validate_table
-from clipvg.pseudo.generate import generate_for_images
+from clipvg.errors import UserError
+from clipvg.pseudo.generate import GENERATORS, generate_for_images
 
 RECORD_TABLES = ("detections", "triplets", "captions")
 
@@ -78,23 +79,59 @@ def generate_batch(batch: pa.Table, *, source: str, seed: int, dataset: str, opt
                                options=options)
 
 
+def generation_images(root: str, split: str, records: dict[str, pa.Table | None], needs: tuple[str, ...],
+                      exclude_splits: tuple[str, ...] = (), **storage_options: Any) -> tuple[pa.Table, int]:
+    """The images to label (``image_id``, ``width``, ``height``) and how many were left out
+    because an evaluation split uses them.
+
+    A dataset whose images table has a ``split`` column (the synthetic world) labels the images
+    of ``split``. One made elsewhere (``import-official`` + ``clipvg records``) has images shared
+    by every split, as COCO's train2014 folder is shared by RefCOCO's: there the images are those
+    the source's record tables name, less every image of ``exclude_splits`` (the validation and
+    test splits: labelling them would train on the images the model is judged on)."""
+    uri = storage.join(root, "images")
+    columns = storage.table_schema(uri, **storage_options).names
+    if "split" in columns:
+        images = storage.read_table(uri, columns=["image_id", "width", "height", "split"], **storage_options)
+        return images.filter(pc.field("split") == split).drop_columns(["split"]), 0
+    images = storage.read_table(uri, columns=["image_id", "width", "height"], **storage_options)
+    named = set()
+    for name in needs:
+        if records.get(name) is not None:
+            named.update(records[name].column("image_id").to_pylist())
+    held_out: set = set()
+    if exclude_splits:
+        samples = storage.read_table(storage.join(root, "samples"), columns=["image_id"],
+                                     filter=pc.field("split").isin(pa.array(list(exclude_splits), pa.string())),
+                                     **storage_options)
+        held_out = set(samples.column("image_id").to_pylist())
+    keep = pa.array(sorted(named - held_out), pa.string())
+    return images.filter(pc.is_in(images.column("image_id"), keep)), len(named & held_out)
+
+
 def generate_source(root: str, source: str, out_uri: str, *, seed: int, options: dict | None = None,
-                    split: str = "train", num_cpus: float = 1.0, resources: dict | None = None,
-                    batch_size: int = 256, **storage_options: Any) -> int:
-    """Generate source ``source`` for every image of ``split`` of the dataset at ``root`` and
-    write it to ``out_uri`` (a samples table). Returns the number of pseudo-labels."""
+                    split: str = "train", exclude_splits: tuple[str, ...] = (), num_cpus: float = 1.0,
+                    resources: dict | None = None, batch_size: int = 256, **storage_options: Any) -> dict:
+    """Generate source ``source`` for the train images of the dataset at ``root`` (see
+    :func:`generation_images`) and write it to ``out_uri`` (a samples table). Returns
+    ``{"rows": pseudo-labels written, "images": images labelled, "held_out_images": n}``."""
     # deferred: loads Ray; paid only when this runs, not on import
     import ray
 
     # deferred: loads Ray and torch; paid only when this runs, not on import
     from clipvg.distributed.streaming import task_resources
 
-    images = storage.read_table(storage.join(root, "images"), columns=["image_id", "width", "height", "split"],
-                                **storage_options)
-    images = images.filter(pc.field("split") == split).drop_columns(["split"])
-    if images.num_rows == 0:
-        raise ValueError(f"{root}: no images in split {split!r} to generate pseudo-labels for")
+    needs = GENERATORS[source].needs if source in GENERATORS else ()
     records = {name: _records(root, name, split, **storage_options) for name in RECORD_TABLES}
+    missing = [name for name in needs if records[name] is None]
+    if missing:
+        raise UserError(f"{root}: the {source} pseudo-labels are generated from the {missing[0]} table, "
+                        f"which this dataset does not have (add it with `clipvg records`, or import "
+                        f"ready-made {source} labels with `clipvg import-official`)")
+    images, held_out = generation_images(root, split, records, needs, exclude_splits, **storage_options)
+    if images.num_rows == 0:
+        raise UserError(f"{root}: no images to generate {source} pseudo-labels for (split {split!r}"
+                        + (f"; {held_out} image(s) of the evaluation splits left out)" if held_out else ")"))
     manifest = storage.read_json(storage.join(root, "manifest.json"), **storage_options)
     nested = nest(images, records)
     bounds = np.linspace(0, nested.num_rows, max(1, -(-nested.num_rows // batch_size)) + 1).astype(int)
@@ -111,4 +148,4 @@ def generate_source(root: str, source: str, out_uri: str, *, seed: int, options:
     rows = rows.take(pc.sort_indices(rows, [("image_id", "ascending"), ("sample_id", "ascending")]))
     validate_table(rows, SAMPLES, where=out_uri)
     storage.write_table(rows, out_uri, **storage_options)
-    return rows.num_rows
+    return {"rows": rows.num_rows, "images": images.num_rows, "held_out_images": held_out}

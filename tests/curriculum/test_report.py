@@ -28,3 +28,16 @@ def test_the_table_has_a_shuffled_text_column_after_each_held_out_split():
     assert "| MSA (multi-source) (`msa`) | 50.0 | 80.0 | 25.0 |" in lines
     assert "| SSA (single source) (`ssa`) | 50.0 | 80.0 | - |" in lines  # no control in its history
     assert len(lines) == 2 + len(METHODS)
+
+
+def test_a_method_left_out_has_no_row_and_the_report_says_why():
+    """CLIP-VG's unsupervised release has no ground-truth train split: the finals leave the fully
+    supervised model out (clipvg.distributed.pipeline), and the table must not show a row of
+    made-up numbers for it (planted defect: a row of n/a or of another method's values)."""
+    finals = _finals()
+    del finals["full_supervised"]
+    acc = accuracy_table(finals)
+    assert "full_supervised" not in acc
+    lines = accuracy_lines(acc, shuffled_accuracy_table(finals), ["test"])
+    assert len(lines) == 2 + len(METHODS) - 1
+    assert not any("full_supervised" in line for line in lines)
