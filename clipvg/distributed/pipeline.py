@@ -49,10 +49,11 @@ from clipvg.curriculum import schedulers
 from clipvg.curriculum.manifest import StageManifests, stage_key
 from clipvg.curriculum.selection import subset_sizes
 from clipvg.data import storage
-from clipvg.distributed.local_ray import add_ray_arguments, init_ray
+from clipvg.distributed.local_ray import add_ray_arguments, init_ray, joins_cluster
 from clipvg.distributed.pseudo_stage import generate_source
 from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator, search_orders
 from clipvg.errors import InterruptedRun, UserError
+from clipvg.model.hub import ensure_pretrained
 
 log = logging.getLogger("clipvg.pipeline")
 
@@ -377,6 +378,8 @@ def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
     cfg = load_config(args.config, args.overrides, launcher="pipeline")
+    # hub weights: cached, fetched once for this machine's workers, or one line now (before Ray)
+    ensure_pretrained(cfg.model, fetch=not joins_cluster(args.address))
 
     # Ctrl-C stops the pipeline at once (a rerun continues it). Tune's own handler would end
     # the running search early and hand back unfinished trials as if the search were done.
