@@ -24,9 +24,9 @@ from clipvg.errors import InterruptedRun, UserError
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("clipvg.sources.synthetic.cli", "write the synthetic grounding world to a URI"),
-    "train": ("clipvg.distributed.trainer", "train CLIP-VG on Ray Train (DDP workers, checkpoints on storage)"),
-    "pipeline": ("clipvg.distributed.pipeline", "the unsupervised method end to end: pseudo-labels, measurers, scoring, SSA/MSA with Ray Tune, report"),
-    "train-local": ("clipvg.engine.local", "train CLIP-VG in this process (no Ray)"),
+    "train": ("clipvg.distributed.trainer_cli", "train CLIP-VG on Ray Train (DDP workers, checkpoints on storage)"),
+    "pipeline": ("clipvg.distributed.pipeline_cli", "the unsupervised method end to end: pseudo-labels, measurers, scoring, SSA/MSA with Ray Tune, report"),
+    "train-local": ("clipvg.engine.local_cli", "train CLIP-VG in this process (no Ray)"),
     "score": ("clipvg.distributed.score_cli", "score pseudo-labels' reliability with a measurer (Ray Data actor pool)"),
     "evaluate": ("clipvg.distributed.evaluate_cli", "Acc@0.5 of a checkpoint on named splits: predictions, metrics, worst-case gallery (Ray Data actor pool)"),
     "predict": ("clipvg.predict", "predict the box of an expression in an image"),

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import os
 
+from clipvg.errors import UserError
+
+# What Ray 2.60 raises when the raylet of a local start does not register in time (under load).
+_START_TIMEOUT = "timed out during startup"
+
+
+class RayStartError(UserError):
+    """The private local Ray did not start (the machine too loaded to start it in time)."""
+
+
+def joins_cluster(address: str | None = None) -> bool:
+    """True when :func:`init_ray` joins a running cluster (``address``, or ``RAY_ADDRESS`` under
+    ``ray job submit``) rather than starting a private Ray on this machine."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_driver: bool = True,
              dashboard: bool = False) -> None:
@@ -16,12 +31,20 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_
 
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
+    if joins_cluster(address):
         ray.init(address=address, log_to_driver=log_to_driver)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, _node_ip_address="127.0.0.1",
-             log_to_driver=log_to_driver, configure_logging=False)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, _node_ip_address="127.0.0.1",
+                 log_to_driver=log_to_driver, configure_logging=False)
+    except Exception as e:  # Ray raises a bare Exception (or TimeoutError) for a slow start
+        if not (isinstance(e, TimeoutError) or _START_TIMEOUT in str(e)):
+            raise
+        raise RayStartError(
+            f"the private local Ray did not start in time ({' '.join(str(e).split())}); the machine "
+            "is probably too loaded: retry when it is less busy, or join a running cluster with "
+            "--address (e.g. one started with `ray start --head`)") from e
 
 
 def quiet_data() -> None:

@@ -52,10 +52,11 @@ from clipvg.curriculum.selection import subset_sizes
 from clipvg.data import storage
 from clipvg.data.pseudo_sources import pseudo_sources, source_rows
 from clipvg.data.schema import SAMPLES, validate_table
-from clipvg.distributed.local_ray import add_ray_arguments, init_ray
+from clipvg.distributed.local_ray import add_ray_arguments, init_ray, joins_cluster
 from clipvg.distributed.pseudo_stage import generate_source
 from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator, search_orders
 from clipvg.errors import InterruptedRun, UserError
+from clipvg.model.hub import ensure_pretrained
 
 log = logging.getLogger("clipvg.pipeline")
 
@@ -422,6 +423,8 @@ def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
     cfg = load_config(args.config, args.overrides, launcher="pipeline")
+    # hub weights: cached, fetched once for this machine's workers, or one line now (before Ray)
+    ensure_pretrained(cfg.model, fetch=not joins_cluster(args.address))
 
     # Ctrl-C stops the pipeline at once (a rerun continues it). Tune's own handler would end
     # the running search early and hand back unfinished trials as if the search were done.

@@ -31,7 +31,6 @@ and what is there (a run that cannot fit would wait forever). Ctrl-C ends with
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -42,10 +41,9 @@ import signal
 import threading
 from pathlib import Path
 
-from clipvg.config import Config, ConfigError, check_launcher, load_config
+from clipvg.config import Config, ConfigError, check_launcher
 from clipvg.curriculum.selection import read_pool
 from clipvg.data import storage
-from clipvg.distributed.local_ray import add_ray_arguments, init_ray
 from clipvg.errors import InterruptedRun, UserError
 
 log = logging.getLogger("clipvg.train")
@@ -325,30 +323,3 @@ def train(cfg: Config, callbacks: list | None = None, *, overwrite: bool = False
     if result.error is not None:
         raise result.error
     return storage.read_json(storage.join(cfg.run_dir, "history.json"), **options)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run config (default: built-in defaults)")
-
-    add_ray_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="remove what is already under storage.root/storage.run_name and start "
-                             "over (default: continue its checkpoint, refuse other results)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. scaling.num_workers=2")
-
-
-def run(args) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
-    cfg = load_config(args.config, args.overrides, launcher="ray_train")
-
-    init_ray(args.address, args.num_cpus)
-    history = train(cfg, overwrite=args.overwrite)
-    print(f"best epoch {history['best_epoch']} of {len(history['epochs'])}: "
-          f"val Acc@0.5 {history['best_acc']:.4f}")
-    for split, summary in history["test"].items():
-        per_type = " ".join(f"{k}={v:.3f}" for k, v in summary["per_type"].items())
-        print(f"held-out {split} Acc@0.5 = {summary['acc']:.4f} over {summary['total']} samples {per_type}")
-    print(f"outputs: {history['run_dir']}")
-    return 0
-

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from clipvg.config import Config, check_launcher, load_config, save_config
+from clipvg.config import Config, check_launcher, save_config
 from clipvg.data import storage
 from clipvg.engine.batching import build_loader, ensure_dataset
 from clipvg.engine.checkpoint import (
@@ -52,6 +52,7 @@ from clipvg.engine.run_log import RunLog
 from clipvg.engine.steps import StepLosses, evaluate, limited, lr_factor, set_lr, train_step
 from clipvg.errors import InterruptedRun, UserError
 from clipvg.model import count_parameters, export_model, load_model
+from clipvg.model.hub import ensure_pretrained
 from clipvg.progress import progress as progress_bar
 from clipvg.sources.synthetic.baseline import world_baselines
 
@@ -195,6 +196,7 @@ def train_local(cfg: Config, progress: bool = True, *, overwrite: bool = False,
     ``storage.*``, updated by ``storage_options``). ``overwrite``: replace the results of an
     earlier run in the folder instead of refusing (see :func:`prepare_run`)."""
     check_launcher(cfg, "train-local")
+    ensure_pretrained(cfg.model)  # hub weights cached, or fetched once, or one line at once
     options = {**storage.options_from_config(cfg.storage), **storage_options}
     storage.check_access(cfg.run_dir, cfg.data.uri, **options)
     folder = RunFolder(cfg.run_dir, options)
@@ -285,7 +287,7 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
             where = None
             log.info("epoch %d: train loss %.4f, val Acc@0.5 %.4f (shuffled text %s) %s", epoch + 1,
                      record["train_loss"], result.accuracy, fmt_acc(record["val"]["shuffled_text"]["acc"]),
-                     _fmt_types(result.meter.group_accuracy()))
+                     fmt_types(result.meter.group_accuracy()))
         where = "while testing the best model"
         history.test = _evaluate_best(cfg, data_uri, local, options)
     except KeyboardInterrupt:
@@ -328,26 +330,5 @@ def train_local_to_storage(cfg: Config, progress: bool = False) -> dict:
     return record
 
 
-def _fmt_types(per_type: dict[str, float]) -> str:
+def fmt_types(per_type: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in per_type.items())
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", help="YAML run config (default: built-in defaults)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the results already under storage.root/storage.run_name "
-                             "(default: refuse; train.resume=true continues them)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
-
-
-def run(args) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
-    cfg = load_config(args.config, args.overrides, launcher="train-local")
-    history = train_local(cfg, overwrite=args.overwrite)
-    for split, summary in history.test.items():
-        print(f"held-out {split} Acc@0.5 = {summary['acc']:.4f} over {summary['total']} samples "
-              f"(best epoch {history.best_epoch}) {_fmt_types(summary['per_type'])}; "
-              f"shuffled text {fmt_acc(summary['shuffled_text']['acc'])}")
-    print(f"outputs: {history.run_dir}")
-    return 0
