@@ -160,10 +160,17 @@ def joined(kept: Kept, new: Checked) -> Checked:
     known = pa.array(kept.images.column("image_id").to_pylist(), pa.string())
     fresh = new.images.filter(pc.invert(pc.is_in(new.images.column("image_id"),
                                                  value_set=known)))
-    concat = lambda a, b: pa.concat_tables([a, b], promote_options="permissive")  # noqa: E731
     report = summed(ValidationReport(**(kept.manifest.get("validation") or _EMPTY)), new.report)
-    return Checked(concat(kept.samples, new.samples), concat(kept.images, fresh),
-                   concat(kept.quarantine, new.quarantine), report, new.policy)
+    return Checked(_concat(kept.samples, new.samples), _concat(kept.images, fresh),
+                   _concat(kept.quarantine, new.quarantine), report, new.policy)
+
+
+def _concat(a: pa.Table, b: pa.Table) -> pa.Table:
+    t = pa.concat_tables([a, b], promote_options="permissive")
+    # a column one side lacks is null there: its field must allow that, or the Parquet
+    # write fails - after publish removed the manifest
+    return t.cast(pa.schema([f.with_nullable(True) if t.column(f.name).null_count else f
+                             for f in t.schema]))
 
 
 _EMPTY = dict(input_rows=0, accepted=0, quarantined=0, reasons={})
