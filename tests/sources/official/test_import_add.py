@@ -241,3 +241,21 @@ def test_overwrite_replaces_the_dataset(rel, capsys):
     assert "(added)" in capsys.readouterr().out
     assert pairs(out) == {"unc/testA/0000000": ("testA", "gt"), "unc/val/0000000": ("val", "gt")}
     assert sorted(p.name for p in (out / "files").iterdir()) == sorted([IMG_A, IMG_B])
+
+
+def test_refuse_and_add_on_s3(rel, s3):
+    root, images, _ = rel
+    out = s3.uri("added")
+    run = lambda name, **kw: import_official(  # noqa: E731
+        "unc", str(root / name), str(images), out, progress=False, **s3.options, **kw)
+    run("unsup_multi_source", splits=["val", "train_separate"])
+    with pytest.raises(UserError, match="already holds a dataset"):
+        run("full_sup_data", splits=["train"])
+    run("full_sup_data", splits=["train"], add=True)
+    samples = storage.read_table(storage.join(out, "samples"), **s3.options)
+    assert sorted(samples.column("sample_id").to_pylist()) == [
+        "unc/train/0000000", "unc/train/0000001", "unc/train_separate-caption/0000000",
+        "unc/train_separate-relation/0000000", "unc/train_separate-template/0000000",
+        "unc/val/0000000"]
+    assert storage.exists(storage.join(out, "files", IMG_C), **s3.options)
+    assert pseudo_sources(out, **s3.options) == SOURCES
