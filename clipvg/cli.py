@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("clipvg.demo", "the embedded demo: synthetic world, training, report"),
     "validate": ("clipvg.data.validate_cli", "check a dataset's rows; quarantine bad ones"),
     "import-official": ("clipvg.sources.official.cli", "import official CLIP-VG split files (.pth)"),
-    "export-official": ("clipvg.sources.official.cli", "export a split as an official .pth file"),
+    "export-official": ("clipvg.sources.official.cli", "export a split, or a pipeline run's refined release, as official .pth files"),
 }
 
 

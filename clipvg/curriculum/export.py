@@ -21,21 +21,11 @@ import pyarrow as pa
 
 from clipvg.curriculum.selection import aligned_scores, keep_mask
 from clipvg.data import storage
-from clipvg.sources.official.formats import box_format
+from clipvg.sources.official.formats import box_format, refine_file, threshold_tag
 from clipvg.sources.official.export import export_official
 from clipvg.data.text import prepare_text
 
 REFINE_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
-
-
-def threshold_tag(t: float) -> str:
-    """File-name form of a threshold: 0.3 -> "0_3", 0.0 -> "0_0", 0.35 -> "0_35", 1 -> "1_0"."""
-    text = f"{t:.1f}" if round(t, 1) == t else f"{t:g}"
-    return text.replace(".", "_")
-
-
-def refine_file(dataset_key: str, tag: str) -> str:
-    return f"{dataset_key}_train_pseudo_refine_{tag}.pth"
 
 
 def refined_subsets(samples: pa.Table, scores: pa.Table,

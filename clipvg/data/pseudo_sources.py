@@ -23,6 +23,7 @@ The pipeline's ``pseudo:<s>`` stage takes the rows of an imported source ``s`` a
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +33,7 @@ from clipvg.data import storage
 
 MANIFEST_KEY = "pseudo_sources"
 UNION_SOURCE = "pseudo"  # source of a union file that names no single source
+SPLITS = ("train_pseudo", "train_separate")  # the splits imported pseudo-labels live in
 
 
 def pseudo_sources(root: str, manifest: dict | None = None, **storage_options: Any) -> dict[str, dict]:
@@ -55,3 +57,23 @@ def source_rows(root: str, name: str, **storage_options: Any) -> pa.Table:
     split = sources[name]["split"]
     expr = (pc.field("split") == split) & (pc.field("source") == name)
     return storage.read_table(storage.join(root, "samples"), filter=expr, **storage_options)
+
+
+def manifest_entries(files: list[dict], samples: pa.Table) -> dict[str, dict]:
+    """The ``pseudo_sources`` entry of a manifest: per source of the ``files`` whose split is
+    one of :data:`SPLITS` (each ``{name, split, source, position, threshold}``), its split,
+    file names, accepted rows in ``samples`` (that split, that source), and the MSA position
+    and threshold its files give (None where they do not say or disagree)."""
+    rows = Counter(zip(samples.column("split").to_pylist(), samples.column("source").to_pylist()))
+    out: dict[str, dict] = {}
+    for f in files:
+        if f["split"] not in SPLITS:
+            continue
+        entry = out.setdefault(f["source"], dict(
+            split=f["split"], files=[], rows=rows[(f["split"], f["source"])],
+            position=f.get("position"), threshold=f.get("threshold")))
+        entry["files"].append(f["name"])
+        for k in ("position", "threshold"):
+            if entry[k] != f.get(k):
+                entry[k] = None
+    return out

@@ -50,8 +50,8 @@ from clipvg.data.validate_checks import (
     check_columns, check_images, completed_images, row_verdicts, utf8_checked,
 )
 
-__all__ = ["QUARANTINE_REASONS", "ValidationReport", "DatasetNotFoundError", "check_samples",
-           "ingest", "validate_dataset"]
+__all__ = ["QUARANTINE_REASONS", "ValidationReport", "DatasetNotFoundError", "Checked",
+           "check_samples", "check_tables", "ingest", "publish", "validate_dataset"]
 
 CHECK_OPTIONS = ("max_text_tokens", "decode_images", "drop_duplicates", "threads", "progress")
 RESERVED = ("samples", "images", "quarantine", "files", "manifest.json")
@@ -245,49 +245,90 @@ def _split_counts(samples: pa.Table) -> dict[str, dict[str, int]]:
     return {s: dict(images=len(i), samples=n[0]) for s, (i, n) in sorted(counts.items())}
 
 
-def ingest(root: str, samples: pa.Table, images: pa.Table, *, manifest: dict,
-           rejected: pa.Table | None = None, extra_tables: dict[str, pa.Table] | None = None,
-           images_per_shard: int = 1000, **check_options_and_storage_options) -> ValidationReport:
-    """Validate, then publish samples/, images/, quarantine/, each extra table, and
-    manifest.json last.
+@dataclass
+class Checked:
+    """A dataset's tables after the row checks, ready for :func:`publish`."""
 
-    ``rejected``: rows the writer could not even parse, in quarantine layout (reason,
-    detail, input_row); appended to quarantine/ and counted. ``extra_tables`` (e.g.
-    ``detections``) are written as given, cast and validated when schema.SPECS knows the name.
-    The manifest is ``manifest`` plus ``validation`` (the report) and, unless given,
-    ``counts`` (per split: samples and distinct images accepted) and ``tables``. Options:
-    those of :func:`check_samples`; the rest are storage options (``endpoint_url=``).
-    """
+    samples: pa.Table  # the accepted rows
+    images: pa.Table  # the images that opened, width/height from the files
+    quarantine: pa.Table
+    report: ValidationReport
+    policy: dict  # the check options a later `clipvg validate` re-applies
+
+
+def check_tables(root: str, samples: pa.Table, images: pa.Table, *,
+                 rejected: pa.Table | None = None,
+                 **check_options_and_storage_options) -> Checked:
+    """The row checks of :func:`ingest` without writing anything. ``rejected``: rows the
+    writer could not even parse, in quarantine layout (reason, detail, input_row); appended
+    to the quarantine and counted."""
     check, so = _split_options(check_options_and_storage_options)
-    extra_tables = dict(extra_tables or {})
+    accepted, quarantine, images_out, report = check_samples(samples, images, root, **check, **so)
+    if rejected is not None:
+        quarantine, report = _add_rejected(quarantine, report, rejected, root)
+    policy = dict(max_text_tokens=check.get("max_text_tokens", 75),
+                  drop_duplicates=check.get("drop_duplicates", True))
+    return Checked(accepted, images_out, quarantine, report, policy)
+
+
+def _check_layout(extra_tables: dict, images_per_shard: int) -> None:
     clash = sorted(set(extra_tables) & set(RESERVED))
     if clash:
         raise ValueError(f"extra table names {clash} are reserved for the dataset layout")
     if images_per_shard < 1:
         raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
+
+
+def publish(root: str, checked: Checked, *, manifest: dict,
+            extra_tables: dict[str, pa.Table] | None = None, images_per_shard: int = 1000,
+            **storage_options) -> None:
+    """Write samples/, images/, quarantine/, each extra table, and manifest.json last (it is
+    removed first: the dataset is incomplete until it is rewritten).
+
+    The manifest is ``manifest`` plus ``validation`` (the report), ``validation_options`` and,
+    unless given, ``counts`` (per split: samples and distinct images accepted) and ``tables``.
+    """
+    so = storage_options
+    extra_tables = dict(extra_tables or {})
+    _check_layout(extra_tables, images_per_shard)
     manifest_uri = storage.join(root, "manifest.json")
-    storage.remove(manifest_uri, **so)  # the dataset is incomplete until it is rewritten
-    accepted, quarantine, images_out, report = check_samples(samples, images, root, **check, **so)
-    if rejected is not None:
-        quarantine, report = _add_rejected(quarantine, report, rejected, root)
+    storage.remove(manifest_uri, **so)
     at = lambda name: storage.join(root, name)  # noqa: E731
-    storage.write_table(validate_table(accepted, SAMPLES, where=at("samples")), at("samples"),
-                        **so)
-    _write_images(validate_table(images_out, "images", where=at("images")), at("images"),
+    storage.write_table(validate_table(checked.samples, SAMPLES, where=at("samples")),
+                        at("samples"), **so)
+    _write_images(validate_table(checked.images, "images", where=at("images")), at("images"),
                   images_per_shard, so)
-    storage.write_table(quarantine, at("quarantine"), **so)
+    storage.write_table(checked.quarantine, at("quarantine"), **so)
     for name, table in extra_tables.items():
         if name in SPECS:  # known tables get canonical types (list<double> box -> float32)
             table = conform(table, SPECS[name])
         storage.write_table(table, at(name), **so)
     # the policy the dataset was accepted under; `clipvg validate` re-applies it by default
-    policy = dict(max_text_tokens=check.get("max_text_tokens", 75),
-                  drop_duplicates=check.get("drop_duplicates", True))
-    out = dict(manifest, validation=report.as_dict(), validation_options=policy)
-    out.setdefault("counts", _split_counts(accepted))
+    out = dict(manifest, validation=checked.report.as_dict(), validation_options=checked.policy)
+    out.setdefault("counts", _split_counts(checked.samples))
     out.setdefault("tables", ["samples", "images", "quarantine", *extra_tables])
     storage.write_json(out, manifest_uri, **so)
-    return report
+
+
+def ingest(root: str, samples: pa.Table, images: pa.Table, *, manifest: dict,
+           rejected: pa.Table | None = None, extra_tables: dict[str, pa.Table] | None = None,
+           images_per_shard: int = 1000, **check_options_and_storage_options) -> ValidationReport:
+    """Validate (:func:`check_tables`), then :func:`publish` samples/, images/, quarantine/,
+    each extra table, and manifest.json last.
+
+    ``rejected``: rows the writer could not even parse (see :func:`check_tables`).
+    ``extra_tables`` (e.g. ``detections``) are written as given, cast and validated when
+    schema.SPECS knows the name. Options: those of :func:`check_samples`; the rest are storage
+    options (``endpoint_url=``).
+    """
+    _, so = _split_options(check_options_and_storage_options)
+    _check_layout(extra_tables or {}, images_per_shard)  # before any work
+    storage.remove(storage.join(root, "manifest.json"), **so)  # incomplete until rewritten
+    checked = check_tables(root, samples, images, rejected=rejected,
+                           **check_options_and_storage_options)
+    publish(root, checked, manifest=manifest, extra_tables=extra_tables,
+            images_per_shard=images_per_shard, **so)
+    return checked.report
 
 
 def _next_part(uri: str, storage_options: dict) -> str:

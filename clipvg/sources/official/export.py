@@ -55,11 +55,13 @@ def _entry_aux(row: dict) -> tuple[Any, Any]:
     return aux_1, aux_2
 
 
-def official_entries(samples: pa.Table, key: str) -> list[tuple]:
-    """The rows of ``samples`` as official entries of ``key`` (in table order)."""
+def official_entries(samples: pa.Table | list[dict], key: str) -> list[tuple]:
+    """The rows of ``samples`` (a table, or its rows as dicts) as official entries of ``key``
+    (in table order)."""
     fmt = box_format(key)
     entries = []
-    for i, row in enumerate(samples.to_pylist()):
+    rows = samples if isinstance(samples, list) else samples.to_pylist()
+    for i, row in enumerate(rows):
         try:
             image, text, box = row["image_id"], _entry_text(row["text"]), _entry_box(row, fmt)
         except (KeyError, TypeError, ValueError) as e:
@@ -73,7 +75,7 @@ def official_entries(samples: pa.Table, key: str) -> list[tuple]:
     return entries
 
 
-def export_official(samples: pa.Table, key: str, path_or_uri: str,
+def export_official(samples: pa.Table | list[dict], key: str, path_or_uri: str,
                     **storage_options: Any) -> int:
     """Write ``samples`` as an official split file for ``key`` with ``torch.save`` (the
     official code reads it with ``torch.load``). Returns the number of entries written."""

@@ -16,6 +16,23 @@ IMAGE_FOLDERS = {
 PLACEHOLDER = "useless placeholder"  # aux_1 / aux_2 of pseudo-label files
 
 
+def threshold_tag(t: float) -> str:
+    """File-name form of a threshold: 0.3 -> "0_3", 0.0 -> "0_0", 0.35 -> "0_35", 1 -> "1_0"."""
+    text = f"{t:.1f}" if round(t, 1) == t else f"{t:g}"
+    return text.replace(".", "_")
+
+
+def refine_file(dataset_key: str, tag: str) -> str:
+    """An SSA-refined training file: samples with reliability > the tag's threshold."""
+    return f"{dataset_key}_train_pseudo_refine_{tag}.pth"
+
+
+def separate_file(position: int, dataset_key: str, source: str, tag: str) -> str:
+    """An MSA step's file under ``train_separate/``: e.g. ``1_unc+_train_pseudo_template_0_5.pth``
+    (position in the curriculum, source, threshold tag)."""
+    return f"{position}_{dataset_key}_train_pseudo_{source}_{tag}.pth"
+
+
 def box_format(key: str) -> str:
     """``"xywh"`` for the COCO family, ``"xyxy"`` for referit and flickr."""
     check_key(key)

@@ -23,22 +23,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from tqdm import tqdm
 
-from clipvg import __version__
 from clipvg.data import storage
-from clipvg.data.validate import CHECK_OPTIONS, ingest
+from clipvg.data.pseudo_sources import MANIFEST_KEY, UNION_SOURCE, manifest_entries
+from clipvg.data.validate import CHECK_OPTIONS, check_tables, publish
+from clipvg.errors import UserError
 from clipvg.sources.official.formats import (  # noqa: F401  (re-exported)
     COCO_FAMILY, IMAGE_FOLDERS, KEYS, PLACEHOLDER, SPLITS, TRAIN_SEPARATE, box_format, check_key,
 )
+from clipvg.sources.official import target
+from clipvg.sources.official.images import check_mode, image_folder, images_table
 from clipvg.sources.official.unpickler import UnsafePickleError, load_split_file
 
 __all__ = [
@@ -53,6 +52,7 @@ MALFORMED = "malformed_entry"
 _SEPARATE_RE = re.compile(
     r"^(?P<pos>\d+)_(?P<dataset>.+?)_train_pseudo_(?P<source>[A-Za-z][A-Za-z0-9-]*)"
     r"(?:_(?P<thr>\d+(?:_\d+)?))?\.pth$")
+_SOURCE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 
 BOX4 = pa.list_(pa.float32(), 4)
 SAMPLES_IMPORT_SCHEMA = pa.schema([
@@ -86,8 +86,8 @@ class SplitFile:
 
     uri: str
     name: str  # the file name, e.g. "unc_val.pth"
-    split: str  # split column value (train_pseudo for both pseudo kinds)
-    source: str  # gt | pseudo | the train_separate source name
+    split: str  # split column value: the file's split, train_separate for per-source files
+    source: str  # gt | pseudo (or --union-source) | the train_separate source name
     id_prefix: str  # sample_id = f"{id_prefix}/{row:07d}"
     position: int | None = None  # MSA curriculum position (train_separate)
     threshold: float | None = None  # reliability threshold (train_separate)
@@ -111,8 +111,8 @@ def _separate_files(key: str, split_root: str, **so: Any) -> list[SplitFile]:
             if not m or m["dataset"] != key:
                 continue
             thr = float(m["thr"].replace("_", ".", 1)) if m["thr"] else None
-            found[name] = SplitFile(storage.join(folder, name), name, "train_pseudo",
-                                    m["source"], f"{key}/train_pseudo-{m['source']}",
+            found[name] = SplitFile(storage.join(folder, name), name, TRAIN_SEPARATE,
+                                    m["source"], f"{key}/{TRAIN_SEPARATE}-{m['source']}",
                                     int(m["pos"]), thr)
     files = sorted(found.values(), key=lambda f: (f.position, f.name))
     prefixes = [f.id_prefix for f in files]
@@ -122,13 +122,16 @@ def _separate_files(key: str, split_root: str, **so: Any) -> list[SplitFile]:
                       f.position, f.threshold) for f in files]
 
 
-def find_split_files(key: str, split_root: str, splits: list[str] | None = None,
+def find_split_files(key: str, split_root: str, splits: list[str] | None = None, *,
+                     union_source: str | None = None,
                      **storage_options: Any) -> tuple[list[SplitFile], list[str]]:
     """The split files of ``key`` under ``split_root`` and notes on what was skipped.
 
     ``splits``: names from :data:`SPLITS` plus ``"train_separate"``; None = all found.
-    ``trainval`` is always skipped (it concatenates train and val). Raises
-    ``FileNotFoundError`` when ``split_root`` is not a folder.
+    ``trainval`` is always skipped (it concatenates train and val). The union file
+    ``{key}_train_pseudo.pth`` is split ``train_pseudo``, source ``union_source`` or
+    ``pseudo``; ``train_separate/`` files are split ``train_separate``, source = the name in
+    the file name. Raises ``FileNotFoundError`` when ``split_root`` is not a folder.
     """
     check_key(key)
     wanted = list(SPLITS) + [TRAIN_SEPARATE] if splits is None else list(splits)
@@ -148,12 +151,28 @@ def find_split_files(key: str, split_root: str, splits: list[str] | None = None,
         if split == "trainval":
             notes.append(f"skipped {name}: trainval is the concatenation of train and val")
             continue
-        source = "pseudo" if split == "train_pseudo" else "gt"
+        source = (union_source or UNION_SOURCE) if split == "train_pseudo" else "gt"
         files.append(SplitFile(storage.join(split_root, key, name), name, split, source,
                                f"{key}/{split}"))
     if TRAIN_SEPARATE in wanted:
         files += _separate_files(key, split_root, **storage_options)
+    if union_source is not None:
+        _check_union_source(union_source, files, key)
     return files, notes
+
+
+def _check_union_source(name: str, files: list[SplitFile], key: str) -> None:
+    """``--union-source NAME`` must name one imported union file and no source imported from
+    ``train_separate/`` too (its labels would count twice)."""
+    if not _SOURCE_RE.match(name) or name in ("gt", UNION_SOURCE):
+        raise UserError(f"--union-source {name!r} is not a source name (letters, digits and "
+                        "'-', starting with a letter; not gt or pseudo)")
+    if not any(f.split == "train_pseudo" for f in files):
+        raise UserError(f"--union-source {name}: no {key}_train_pseudo.pth is imported")
+    twice = [f.name for f in files if f.split == TRAIN_SEPARATE and f.source == name]
+    if twice:
+        raise UserError(f"--union-source {name}: {twice[0]} is source {name!r} too; its labels "
+                        "would count twice (import the union or the train_separate files)")
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -279,65 +298,6 @@ class ImportReport:
                     images=self.images, validation=v.as_dict() if v is not None else None)
 
 
-# ------------------------------------------------------------------------------ images
-def _check_mode(mode: str) -> None:
-    if mode not in ("copy", "pack", "reference"):
-        raise ValueError(f"images must be copy, pack or reference, got {mode!r}")
-
-
-def _image_folder(key: str, image_root: str | None, image_dir: str | None, so: dict) -> str:
-    """Where the key's images are; local folders become absolute (``reference`` URIs). A
-    folder that does not exist is an error: it would quarantine every sample as missing."""
-    if image_dir is None and image_root is None:
-        raise ValueError("give image_root (official layout) or image_dir")
-    folder = image_dir if image_dir is not None else storage.join(image_root, IMAGE_FOLDERS[key])
-    folder = folder if "://" in folder else os.path.abspath(folder)
-    fs, path = storage.filesystem(folder, **so)
-    if not fs.isdir(path):
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    return folder
-
-
-def _fetch(name: str, folder: str, out: str, mode: str, so: dict) -> dict:
-    """One images row. A missing file is left for the validator (``missing_image``): the row
-    then names the original's URI (``copy`` and ``pack`` alike), so the quarantine reason points
-    at the file the user has to find, not at the copy that was never made."""
-    src = storage.join(folder, name)
-    if mode == "reference":
-        return dict(image_id=name, uri=src, bytes=None)
-    try:
-        data = storage.read_bytes(src, **so)
-    except FileNotFoundError:
-        data = None
-    if mode == "pack":
-        return dict(image_id=name, uri=None if data is not None else src, bytes=data)
-    if data is None:
-        return dict(image_id=name, uri=src, bytes=None)
-    storage.write_bytes(data, storage.join(out, "files", name), **so)
-    return dict(image_id=name, uri=f"files/{name}", bytes=None)
-
-
-def images_table(names: list[str], folder: str, out: str, mode: str, *,
-                 progress: bool | None = None, **storage_options: Any) -> pa.Table:
-    """One row per image file name (width/height null: the validator measures them).
-
-    ``copy`` copies files on a few threads (object stores are latency bound), ``pack`` reads
-    them into the ``bytes`` column (all in memory: for small sets), ``reference`` points
-    ``uri`` at the original file.
-    """
-    _check_mode(mode)
-    show = sys.stderr.isatty() and len(names) >= 1000 if progress is None else progress
-    rows = []
-    with ThreadPoolExecutor(8) as pool, tqdm(total=len(names), disable=not show, unit="img",
-                                             desc=f"images ({mode})") as bar:
-        for row in pool.map(lambda n: _fetch(n, folder, out, mode, storage_options), names):
-            rows.append(row)
-            bar.update(1)
-    schema = pa.schema([("image_id", pa.string()), ("uri", pa.string()),
-                        ("bytes", pa.binary()), ("width", pa.int32()), ("height", pa.int32())])
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
 # ------------------------------------------------------------------------------ import
 def _read_files(key: str, files: list[SplitFile], so: dict) -> tuple[list, list, list[dict]]:
     rows, rejected, reports = [], [], []
@@ -354,44 +314,59 @@ def _read_files(key: str, files: list[SplitFile], so: dict) -> tuple[list, list,
 
 def import_official(key: str, split_root: str, image_root: str | None, out: str, *,
                     images: str = "copy", image_dir: str | None = None,
-                    splits: list[str] | None = None, progress: bool | None = None,
+                    splits: list[str] | None = None, union_source: str | None = None,
+                    overwrite: bool = False, add: bool = False, progress: bool | None = None,
                     drop_duplicates: bool = False, **options: Any) -> ImportReport:
     """Import the official split files of ``key`` into a clipvg dataset at ``out``.
 
-    Reads every split file found (see :func:`find_split_files`) with the restricted loader,
-    parses each entry (a malformed one becomes a ``rejected`` row, reason
-    ``malformed_entry``), builds the images table (``images``: copy / pack / reference, from
-    ``image_dir`` or the key's official folder under ``image_root``) and hands everything to
-    :func:`clipvg.data.validate.ingest`, which writes ``samples/``, ``images/``,
-    ``quarantine/`` and ``manifest.json``. Raises :class:`UnsafePickleError` for an unsafe
-    file (before anything is written), ``FileNotFoundError`` when no split file is found.
+    Reads every split file found (see :func:`find_split_files`; ``union_source`` names the
+    union file's source) with the restricted loader, parses each entry (a malformed one
+    becomes a ``rejected`` row, reason ``malformed_entry``), builds the images table
+    (``images``: copy / pack / reference, from ``image_dir`` or the key's official folder
+    under ``image_root``), validates the rows and publishes ``samples/``, ``images/``,
+    ``quarantine/`` and ``manifest.json`` (last; with ``pseudo_sources``, see
+    :mod:`clipvg.data.pseudo_sources`).
+
+    An ``out`` that holds a dataset is refused (:class:`UserError`) unless ``overwrite``
+    (replace it) or ``add`` (add splits / sources it does not have; see
+    :mod:`clipvg.sources.official.target`). Raises :class:`UnsafePickleError` for an unsafe
+    file and ``FileNotFoundError`` when no split file is found, before anything is written.
 
     ``drop_duplicates`` is off: repeated (image, text, box) rows are part of the official
     splits, and dropping them would change the benchmark's sample counts. ``options``: the
     validator's check options (``max_text_tokens``, ``decode_images``, ``threads``) and
     storage options (``endpoint_url``) for every URI involved.
     """
-    _check_mode(images)
+    check_mode(images)
     checks = {k: options.pop(k) for k in list(options) if k in CHECK_OPTIONS}
-    storage_options = options
-    files, notes = find_split_files(key, split_root, splits, **storage_options)
+    so = options
+    files, notes = find_split_files(key, split_root, splits, union_source=union_source, **so)
     if not files:
         raise FileNotFoundError(f"no split files of {key!r} under {split_root} (looked for "
                                 f"{key}/{key}_<split>.pth and train_separate/)")
-    folder = _image_folder(key, image_root, image_dir, storage_options)
-    rows, rejected, reports = _read_files(key, files, storage_options)
+    folder = image_folder(key, image_root, image_dir, so)
+    prior = target.check_target(out, overwrite=overwrite, add=add, **so)
+    if prior is not None:
+        target.refuse_conflicts(out, prior, key, images, files)
+    rows, rejected, reports = _read_files(key, files, so)
+    kept = target.read_kept(out, prior, rows, checks, **so) if prior is not None else None
+    if overwrite:  # every refusal is behind us: the old dataset goes
+        target.clear(out, **so)
     names = list(dict.fromkeys(r["image_id"] for r in rows))  # first-seen order
-    table = images_table(names, folder, out, images, progress=progress, **storage_options)
-    manifest = dict(
-        kind="clipvg-dataset", dataset=key, created_by=f"clipvg {__version__}",
-        official=dict(split_root=split_root, image_folder=folder, notes=notes,
-                      files=[{k: f[k] for k in ("name", "split", "source", "rows", "rejected")}
-                             for f in reports]),
-        images_mode=images)
-    report = ingest(out, samples_table(rows), table, manifest=manifest,
-                    rejected=rejected_table(rejected), drop_duplicates=drop_duplicates,
-                    progress=progress, **checks, **storage_options)
+    table = target.images_to_check(names, kept, lambda fetch: images_table(
+        fetch, folder, out, images, progress=progress, **so))
+    checked = check_tables(out, samples_table(rows), table, rejected=rejected_table(rejected),
+                           drop_duplicates=drop_duplicates, progress=progress, **checks, **so)
+    official = dict(split_root=split_root, image_folder=folder, notes=notes,
+                    files=[{k: f[k] for k in _FILE_KEYS} for f in reports])
+    report = checked.report  # this import's rows (an --add's manifest sums up every row)
+    if kept is not None:
+        checked = target.joined(kept, checked)
+    manifest = target.manifest(prior, key, images, official)
+    manifest[MANIFEST_KEY] = manifest_entries(manifest["official"]["files"], checked.samples)
+    publish(out, checked, manifest=manifest, **so)
     return ImportReport(key, reports, notes, len(names), report)
 
 
+_FILE_KEYS = ("name", "split", "source", "rows", "rejected", "position", "threshold")
 __all__ += ["ImportReport", "images_table", "import_official"]

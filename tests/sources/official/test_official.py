@@ -302,12 +302,14 @@ def test_find_split_files_and_train_separate_names(tmp_path):
         "2_unc+_train_pseudo_relation_0_5.pth", "3_unc+_train_pseudo_caption_0_45.pth"]
     assert notes == ["skipped unc+_trainval.pth: trainval is the concatenation of train and val"]
     sep = files[2:]
+    # per-source files have their own split: the union file is not counted with them
     assert [(f.source, f.position, f.threshold, f.split) for f in sep] == [
-        ("template", 1, 0.5, "train_pseudo"), ("relation", 2, 0.5, "train_pseudo"),
-        ("caption", 3, 0.45, "train_pseudo")]
+        ("template", 1, 0.5, "train_separate"), ("relation", 2, 0.5, "train_separate"),
+        ("caption", 3, 0.45, "train_separate")]
+    assert (files[1].split, files[1].source) == ("train_pseudo", "pseudo")
     rows, _ = parse_entries(entries, "unc+", sep[0])
     t = samples_table(rows)
-    assert t.column("sample_id").to_pylist() == ["unc+/train_pseudo-template/0000000"]
+    assert t.column("sample_id").to_pylist() == ["unc+/train_separate-template/0000000"]
     assert t.column("source").to_pylist() == ["template"]
     assert t.column("curriculum_position").to_pylist() == [1]
     assert t.column("source_threshold").to_pylist() == [0.5]
