@@ -5,7 +5,6 @@ work."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import pytest
 import clipvg
 from clipvg import cli
 from clipvg.config import CONFIGS_DIR, ConfigError, load_config
-from clipvg.distributed import pipeline, pipeline_cli
 from clipvg.errors import InterruptedRun, UserError
 
 
@@ -182,15 +180,3 @@ def test_run_commands_answer_bad_input_before_the_heavy_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": repo})
     assert out.stdout.strip() == "[]"
-
-
-def test_pipeline_command_line_is_the_pipelines():
-    """The light ``clipvg pipeline`` parser (pipeline_cli) takes exactly the arguments of
-    :func:`clipvg.distributed.pipeline.add_arguments`, which is unused since the command moved
-    to pipeline_cli (issue 24) and is to be removed with this test once pipeline.py is free."""
-    def options(add):
-        parser = argparse.ArgumentParser()
-        add(parser)
-        return [(a.dest, tuple(a.option_strings), a.nargs, a.default) for a in parser._actions]
-
-    assert options(pipeline_cli.add_arguments) == options(pipeline.add_arguments)

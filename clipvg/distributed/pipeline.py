@@ -32,7 +32,6 @@ naming the stages that were kept.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -52,7 +51,7 @@ from clipvg.curriculum.selection import subset_sizes
 from clipvg.data import storage
 from clipvg.data.pseudo_sources import pseudo_sources, source_rows
 from clipvg.data.schema import SAMPLES, validate_table
-from clipvg.distributed.local_ray import add_ray_arguments, init_ray, joins_cluster
+from clipvg.distributed.local_ray import init_ray, joins_cluster
 from clipvg.distributed.pseudo_stage import generate_source
 from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator, search_orders
 from clipvg.errors import InterruptedRun, UserError
@@ -406,17 +405,6 @@ def _step(step: schedulers.MsaStep) -> dict:
     return {"source": step.source, "measurer": step.measurer, "h": step.search.h,
             "measurer_accs": {m: o.val_acc for m, o in step.measurer_accs.items()},
             "curve": _curve(step.search), "chosen": _outcome(step.search.chosen)}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML run config (make demo: configs/demo.yaml)")
-
-    add_ray_arguments(parser)
-    parser.add_argument("--until", default=None, metavar="STAGE",
-                        help="stop after this stage (e.g. scores:template); a later run without it continues")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="rerun stages that finished earlier with other settings (default: refuse)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seed=7 storage.root=/tmp/run")
 
 
 def run(args) -> int:

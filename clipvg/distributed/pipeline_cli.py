@@ -4,7 +4,7 @@ The config is loaded and the hub weights of ``model.pretrained`` checked
 (:func:`clipvg.model.hub.ensure_pretrained`) before the pipeline is imported (it loads pyarrow,
 pandas, the curriculum and Ray Tune's side, seconds on a loaded machine) and before Ray starts:
 bad input is answered first, in about a second. :func:`clipvg.distributed.pipeline.run` then
-does the rest (and checks again, for callers that reach it directly).
+does the rest (and checks again, for callers that reach it directly); this module owns the arguments.
 """
 
 from __future__ import annotations

@@ -336,7 +336,7 @@ def test_kuberay_pods_share_image_and_storage_identity(kuberay_cluster):
 
 def _pipeline_parser() -> argparse.ArgumentParser:
     """The argument parser of ray_jobs/pipeline.py (= `clipvg pipeline`)."""
-    from clipvg.distributed.pipeline import add_arguments
+    from clipvg.distributed.pipeline_cli import add_arguments
 
     parser = argparse.ArgumentParser(exit_on_error=False)
     add_arguments(parser)
