@@ -1,0 +1,108 @@
+"""``clipvg records``: convert the output of a real pseudo-label model into a record table of a
+clipvg dataset (``detections``, ``triplets`` or ``captions``; ``docs/pseudo.md``).
+
+Examples::
+
+    clipvg records --dataset runs/unc --format coco-detections --input dets.json \\
+        --annotations instances_train2014.json
+    clipvg records --dataset runs/unc --format pseudoq-detections \\
+        --input unc_train_pseudo_split0_detection_results.pth \\
+        --attributes unc_train_pseudo_split0_attr_detection_results.pth
+    clipvg records --dataset s3://bucket/unc --format reltr --input reltr_outputs.jsonl \\
+        --endpoint-url http://127.0.0.1:9000
+    clipvg records --dataset runs/unc --format captions-jsonl --input captions.jsonl
+
+Records of images that are not in the dataset's images table are dropped and reported (count and
+first names); none matching at all is an error. A malformed record (bad box, score outside
+[0, 1], missing key) ends the command with one line naming the file and the row; nothing is
+written then. An existing record table is refused unless ``--overwrite``. Exit status 0, or 2
+with a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from clipvg.data import storage
+from clipvg.errors import UserError
+from clipvg.sources.records import captions, coco, pseudoq, reltr
+from clipvg.sources.records.common import Collected, Images, read_any, read_rows
+from clipvg.sources.records.writer import check_target, publish, read_images
+
+# format -> (record table, what --input is)
+FORMATS: dict[str, tuple[str, str]] = {
+    "coco-detections": ("detections", "COCO detection results JSON (needs --annotations)"),
+    "pseudoq-detections": ("detections", "Pseudo-Q's *_detection_results.pth (or JSON); "
+                                         "optional --attributes *_attr_detection_results.pth"),
+    "reltr": ("triplets", "RelTR outputs, one JSON object per image and line"),
+    "captions-jsonl": ("captions", "captions, one JSON object per line (or CLIP-VG's "
+                                   "*_caption_data.pth)"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, metavar="URI",
+                        help="clipvg dataset root (path or s3://...) holding images/ and "
+                             "manifest.json")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS),
+                        help="; ".join(f"{k}: {v[1]} -> {v[0]}/" for k, v in FORMATS.items()))
+    parser.add_argument("--input", required=True, metavar="FILE", help="the tool's output file")
+    parser.add_argument("--annotations", default=None, metavar="FILE",
+                        help="coco-detections: COCO instances JSON (images: id -> file_name, "
+                             "categories: id -> name)")
+    parser.add_argument("--attributes", default=None, metavar="FILE",
+                        help="pseudoq-detections: Pseudo-Q's attribute detection file, whose "
+                             "attributes colour the --input detections")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the record table if the dataset has one")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS)")
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.format == "coco-detections" and args.annotations is None:
+        raise UserError("--format coco-detections needs --annotations (the COCO instances JSON "
+                        "that maps image ids to file names and category ids to names)")
+    if args.annotations is not None and args.format != "coco-detections":
+        raise UserError(f"--annotations is for --format coco-detections, not {args.format}")
+    if args.attributes is not None and args.format != "pseudoq-detections":
+        raise UserError(f"--attributes is for --format pseudoq-detections, not {args.format}")
+
+
+def convert(fmt: str, args: argparse.Namespace, images: Images, **so: Any) -> Collected:
+    """Read the input file(s) of ``fmt`` and return the rows of its record table."""
+    if fmt == "coco-detections":
+        return coco.convert(read_any(args.input, **so), read_any(args.annotations, **so), images,
+                            results_uri=args.input, annotations_uri=args.annotations)
+    if fmt == "pseudoq-detections":
+        attributes = None if args.attributes is None else read_any(args.attributes, **so)
+        return pseudoq.convert(read_any(args.input, **so), attributes, images, uri=args.input,
+                               attributes_uri=args.attributes)
+    module = reltr if fmt == "reltr" else captions
+    return module.convert(read_rows(args.input, **so), images, uri=args.input)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_flags(args)
+    table = FORMATS[args.format][0]
+    so = storage.options_from_config(None, endpoint_url=args.endpoint_url)
+    storage.check_access(args.dataset, args.input, args.annotations, args.attributes, **so)
+    manifest = check_target(args.dataset, table, overwrite=args.overwrite, **so)
+    images = read_images(args.dataset, **so)
+    got = convert(args.format, args, images, **so)
+    got.check_not_empty(args.input, images)
+    entry = dict(format=args.format, input=str(args.input), rows=len(got.rows),
+                 images=got.images, records=got.records, dropped_records=got.dropped,
+                 dropped_images=len(got.unknown), first_dropped=got.unknown[:5], notes=got.notes)
+    for key in ("annotations", "attributes"):
+        if getattr(args, key) is not None:
+            entry[key] = str(getattr(args, key))
+    uri = publish(args.dataset, table, got.rows, manifest, entry, **so)
+    print(f"{table}: {len(got.rows)} rows for {got.images} images from {args.input} "
+          f"({args.format})")
+    for line in [got.dropped_line(), *got.notes]:
+        if line:
+            print(f"  {line}")
+    print(f"-> {uri}")
+    return 0
