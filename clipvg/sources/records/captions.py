@@ -23,8 +23,9 @@ how many scores were missing).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
+from clipvg.data.schema import CAPTIONS_SCHEMA
 from clipvg.sources.records.common import (
     Collected, Images, RecordsError, image_name, probability,
 )
@@ -52,9 +53,9 @@ def _texts(record: dict, uri: str, where: str) -> list[tuple[str, Any]]:
     return list(zip(texts, scores if scores is not None else [None] * len(texts)))
 
 
-def convert(records: list[tuple[str, Any]], images: Images, *, uri: str) -> Collected:
+def convert(records: Iterable[tuple[str, Any]], images: Images, *, uri: str) -> Collected:
     """Rows of the captions table from ``(where, record)`` pairs of a captions file."""
-    out = Collected()
+    out = Collected(CAPTIONS_SCHEMA)
     missing = 0
     for where, record in records:
         if not isinstance(record, dict):
@@ -78,7 +79,7 @@ def convert(records: list[tuple[str, Any]], images: Images, *, uri: str) -> Coll
             if score is None:
                 missing += 1
                 score = NO_SCORE
-            out.rows.append(dict(image_id=image_id,
+            out.add(dict(image_id=image_id,
                                  caption_id=f"{image_id}#c{out.next_index(image_id)}",
                                  caption=text, score=score))
     if missing:

@@ -92,14 +92,14 @@ def run(args: argparse.Namespace) -> int:
     images = read_images(args.dataset, **so)
     got = convert(args.format, args, images, **so)
     got.check_not_empty(args.input, images)
-    entry = dict(format=args.format, input=str(args.input), rows=len(got.rows),
+    entry = dict(format=args.format, input=str(args.input), rows=got.rows,
                  images=got.images, records=got.records, dropped_records=got.dropped,
                  dropped_images=len(got.unknown), first_dropped=got.unknown[:5], notes=got.notes)
     for key in ("annotations", "attributes"):
         if getattr(args, key) is not None:
             entry[key] = str(getattr(args, key))
-    uri = publish(args.dataset, table, got.rows, manifest, entry, **so)
-    print(f"{table}: {len(got.rows)} rows for {got.images} images from {args.input} "
+    uri = publish(args.dataset, table, got.table(), manifest, entry, **so)
+    print(f"{table}: {got.rows} rows for {got.images} images from {args.input} "
           f"({args.format})")
     for line in [got.dropped_line(), *got.notes]:
         if line:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clipvg.data.schema import DETECTIONS_SCHEMA
 from clipvg.sources.records.common import (
     Collected, Images, RecordsError, numbers, probability, require,
 )
@@ -52,7 +53,7 @@ def convert(results: Any, annotations: Any, images: Images, *, results_uri: str,
                            f"{type(results).__name__}")
     coco_images = _index(annotations, "images", "file_name", annotations_uri)
     categories = _index(annotations, "categories", "name", annotations_uri)
-    out = Collected(records=len(results))
+    out = Collected(DETECTIONS_SCHEMA, records=len(results))
     resized: list[str] = []
     for i, det in enumerate(results):
         where = f"row {i}"
@@ -79,7 +80,7 @@ def convert(results: Any, annotations: Any, images: Images, *, results_uri: str,
         size = (info.get("width"), info.get("height"))
         if None not in size and tuple(size) != images.sizes[image_id] and image_id not in resized:
             resized.append(image_id)
-        out.rows.append(dict(image_id=image_id, det_id=f"{image_id}#d{out.next_index(image_id)}",
+        out.add(dict(image_id=image_id, det_id=f"{image_id}#d{out.next_index(image_id)}",
                              box=[x, y, x + w, y + h], label=categories[category]["name"],
                              color=None, score=score))
     if resized:

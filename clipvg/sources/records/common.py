@@ -25,6 +25,7 @@ from clipvg.sources.records.pth import loads_pth
 PTH_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle")
 IMAGE_KEYS = ("image", "image_file", "file_name")  # accepted names of a record's image field
 FIRST_FEW = 5  # unknown image names listed in reports
+BATCH = 65536  # rows per Arrow batch while converting
 
 
 class RecordsError(UserError):
@@ -52,17 +53,25 @@ def _text(uri: str, **storage_options: Any) -> str:
         raise RecordsError(f"{uri}: not UTF-8 text (byte {e.start})") from None
 
 
-def read_jsonl(uri: str, **storage_options: Any) -> list[tuple[str, Any]]:
-    """``(where, object)`` per non-blank line; ``where`` is ``line N`` (1-based)."""
-    out = []
-    for n, line in enumerate(_text(uri, **storage_options).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"line {n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise RecordsError(f"{uri}: line {n}: not valid JSON ({e.msg})") from None
-    return out
+def read_jsonl(uri: str, **storage_options: Any) -> Iterator[tuple[str, Any]]:
+    """``(where, object)`` per non-blank line, streamed; ``where`` is ``line N`` (1-based)."""
+    fs, path = storage.filesystem(uri, **storage_options)
+    try:
+        f = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise RecordsError(f"{uri}: no such file") from None
+    with f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordsError(f"{uri}: line {n}: not UTF-8 text (byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                yield f"line {n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordsError(f"{uri}: line {n}: not valid JSON ({e.msg})") from None
 
 
 def read_pth(uri: str, **storage_options: Any) -> Any:
@@ -84,16 +93,17 @@ def read_any(uri: str, **storage_options: Any) -> Any:
     return read_json(uri, **storage_options)
 
 
-def read_rows(uri: str, **storage_options: Any) -> list[tuple[str, Any]]:
-    """A file of per-image records as ``(where, record)``: JSON Lines (``.jsonl``; where =
-    ``line N``), or a JSON / ``.pth`` file holding a list (where = ``row N``, 0-based)."""
+def read_rows(uri: str, **storage_options: Any) -> Iterator[tuple[str, Any]]:
+    """A file of per-image records as ``(where, record)``: JSON Lines (``.jsonl``, streamed;
+    where = ``line N``), or a JSON / ``.pth`` file holding a list (where = ``row N``, 0-based;
+    read whole)."""
     if str(uri).lower().endswith(".jsonl"):
         return read_jsonl(uri, **storage_options)
     obj = read_any(uri, **storage_options)
     if not isinstance(obj, list):
         raise RecordsError(f"{uri}: expected a list of records (or a .jsonl file), got a "
                            f"{type(obj).__name__}")
-    return [(f"row {i}", r) for i, r in enumerate(obj)]
+    return ((f"row {i}", r) for i, r in enumerate(obj))
 
 
 @dataclass
@@ -122,15 +132,36 @@ class Images:
 
 @dataclass
 class Collected:
-    """Rows of one record table and what was left out."""
+    """Rows of one record table (kept as Arrow batches of :data:`BATCH` rows, so a file of
+    millions of records does not live as Python objects) and what was left out."""
 
-    rows: list[dict] = field(default_factory=list)
+    schema: pa.Schema
     records: int = 0  # records read from the input(s)
     dropped: int = 0  # records of images not in the dataset
     unknown: list[str] = field(default_factory=list)  # their image names, first seen first
     notes: list[str] = field(default_factory=list)  # other things the user should know
+    rows: int = 0
+    _batches: list = field(default_factory=list)
+    _pending: list = field(default_factory=list)
+    _images: set = field(default_factory=set)
     _unknown_set: set = field(default_factory=set)
     _counts: dict = field(default_factory=dict)
+
+    def add(self, row: dict) -> None:
+        self._pending.append(row)
+        self._images.add(row["image_id"])
+        self.rows += 1
+        if len(self._pending) >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._batches.append(pa.RecordBatch.from_pylist(self._pending, schema=self.schema))
+            self._pending = []
+
+    def table(self) -> pa.Table:
+        self._flush()
+        return pa.Table.from_batches(self._batches, schema=self.schema)
 
     def drop(self, name: str, n: int = 1) -> None:
         self.dropped += n
@@ -146,7 +177,7 @@ class Collected:
 
     @property
     def images(self) -> int:
-        return len({r["image_id"] for r in self.rows})
+        return len(self._images)
 
     def dropped_line(self) -> str | None:
         if not self.dropped:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from clipvg.data.schema import DETECTIONS_SCHEMA
 from clipvg.sources.records.common import (
     Collected, Images, RecordsError, enumerate_mapping, iou, numbers, probability,
 )
@@ -123,7 +124,7 @@ def convert(objects: Any, attributes: Any | None, images: Images, *, uri: str,
     """Rows of the detections table from a parsed Pseudo-Q object detection file and, optionally,
     its attribute detection file."""
     attributed = None if attributes is None else _attribute_entries(attributes, attributes_uri, vocab)
-    out = Collected()
+    out = Collected(DETECTIONS_SCHEMA)
     skipped = 0
     for name, raw in enumerate_mapping(objects, uri, "detection results"):
         if not isinstance(raw, (list, tuple)):
@@ -141,7 +142,7 @@ def convert(objects: Any, attributes: Any | None, images: Images, *, uri: str,
                 continue
             if attributed is not None:
                 entry.attr = _attribute(entry, attributed.get(name, []))
-            out.rows.append(dict(image_id=image_id, det_id=f"{image_id}#d{k}", box=entry.box,
+            out.add(dict(image_id=image_id, det_id=f"{image_id}#d{k}", box=entry.box,
                                  label=entry.label, color=entry.attr, score=entry.score))
     if skipped:
         out.notes.append(f"skipped {skipped} entr{'y' if skipped == 1 else 'ies'} with x0 > x1 or "

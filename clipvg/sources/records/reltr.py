@@ -36,10 +36,11 @@ index (counting on across lines of the same image). A query whose argmax is inde
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
+from clipvg.data.schema import TRIPLETS_SCHEMA
 from clipvg.sources.records.common import Collected, Images, RecordsError, image_name, require
 from clipvg.sources.records.vocab import RELTR_CLASSES, RELTR_PREDICATES
 
@@ -77,12 +78,13 @@ def _pixels(boxes: np.ndarray, width: int, height: int, uri: str, where: str, ke
                      (cx + w / 2) * width, (cy + h / 2) * height], axis=1)
 
 
-def convert(records: list[tuple[str, Any]], images: Images, *, uri: str) -> Collected:
+def convert(records: Iterable[tuple[str, Any]], images: Images, *, uri: str) -> Collected:
     """Rows of the triplets table from ``(where, record)`` pairs of a RelTR outputs file."""
-    out = Collected(records=len(records))
+    out = Collected(TRIPLETS_SCHEMA)
     n_cls, n_rel = len(RELTR_CLASSES) + 1, len(RELTR_PREDICATES) + 1
     background = 0
     for where, record in records:
+        out.records += 1
         if not isinstance(record, dict):
             raise RecordsError(f"{uri}: {where}: expected an object, got {type(record).__name__}")
         name = image_name(record, uri, where)
@@ -104,7 +106,7 @@ def convert(records: list[tuple[str, Any]], images: Images, *, uri: str) -> Coll
             if s_cls[i] == 0 or o_cls[i] == 0 or r_cls[i] == 0:
                 background += 1
                 continue
-            out.rows.append(dict(
+            out.add(dict(
                 image_id=image_id, triplet_id=f"{image_id}#t{k}",
                 subject=RELTR_CLASSES[s_cls[i]], subject_box=s_box[i].tolist(),
                 predicate=RELTR_PREDICATES[r_cls[i]], object=RELTR_CLASSES[o_cls[i]],

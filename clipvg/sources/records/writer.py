@@ -51,13 +51,12 @@ def read_images(root: str, **storage_options: Any) -> Images:
     return Images.from_table(table)
 
 
-def publish(root: str, table: str, rows: list[dict], manifest: dict, entry: dict,
+def publish(root: str, table: str, rows: pa.Table, manifest: dict, entry: dict,
             **storage_options: Any) -> str:
     """Write ``rows`` as ``<root>/<table>/`` and record it in the manifest; returns the URI."""
-    spec = SPECS[table]
     try:
-        data = conform(pa.Table.from_pylist(rows, schema=spec.schema), spec)
-    except (SchemaError, pa.ArrowInvalid) as e:  # the converters check rows; this is a last guard
+        data = conform(rows, SPECS[table])
+    except SchemaError as e:  # the converters check every row; this is a last guard
         raise RecordsError(" ".join(str(e).split())) from None
     uri = storage.join(root, table)
     storage.write_table(data, uri, **storage_options)
