@@ -22,7 +22,8 @@ def test_class_lists_are_pseudoqs():
     # data/statistic/detect_{people,hat,shirt,pants,shoes}_classes.txt: 28, 10, 41, 14, 10 lines
     assert [len(x) for x in (vocab.PEOPLE_CLASSES, vocab.HAT_CLASSES, vocab.SHIRT_CLASSES,
                              vocab.PANTS_CLASSES, vocab.SHOES_CLASSES)] == [28, 10, 41, 14, 10]
-    assert {"man", "woman", "boy", "girl", "person", "she", "policeman"} <= set(vocab.PEOPLE_CLASSES)
+    people = set(vocab.PEOPLE_CLASSES)
+    assert {"man", "woman", "boy", "girl", "person", "she", "policeman"} <= people
     # a class in two lists is the first of hat, shirt, pants, shoes
     assert [vocab.clothing_kind(c) for c in ("cap", "scarf", "jacket", "jeans", "shorts",
                                              "boots", "sneaker", "table")] == [
@@ -35,7 +36,8 @@ BOY = det("p1", [100, 100, 200, 400], "boy", score=0.9)  # h 300, feet at y 400
 def test_clothes_attach_by_containment_hat_top_quarter_pants_lower_half():
     boy2 = det("p2", [400, 80, 500, 400], "boy", score=0.8)  # h 320
     clothes = [
-        det("c1", [110, 300, 190, 400], "pants", "gray", 0.7),  # inside, cy 350: (400-350)/300 = 0.17 < 0.5
+        # inside p1, cy 350: (400 - 350) / 300 = 0.17 < 0.5
+        det("c1", [110, 300, 190, 400], "pants", "gray", 0.7),
         det("c2", [110, 120, 190, 200], "shorts", None, 0.69),  # cy 160: 0.8, not the lower half
         det("c3", [120, 250, 180, 290], "hat", "red", 0.65),  # cy 270: 0.43, not the upper quarter
         det("c4", [130, 160, 170, 190], "beanie", None, 0.64),  # cy 175: exactly 0.75, not > 0.75

@@ -53,9 +53,10 @@ def _texts(record: dict, uri: str, where: str) -> list[tuple[str, Any]]:
     return list(zip(texts, scores if scores is not None else [None] * len(texts)))
 
 
-def convert(records: Iterable[tuple[str, Any]], images: Images, *, uri: str) -> Collected:
+def convert(records: Iterable[tuple[str, Any]], images: Images, *, uri: str,
+            out: Collected | None = None) -> Collected:
     """Rows of the captions table from ``(where, record)`` pairs of a captions file."""
-    out = Collected(CAPTIONS_SCHEMA)
+    out = Collected(CAPTIONS_SCHEMA) if out is None else out
     missing = 0
     for where, record in records:
         if not isinstance(record, dict):
@@ -83,5 +84,6 @@ def convert(records: Iterable[tuple[str, Any]], images: Images, *, uri: str) -> 
                                  caption_id=f"{image_id}#c{out.next_index(image_id)}",
                                  caption=text, score=score))
     if missing:
-        out.notes.append(f"{missing} caption(s) without a score were given score {NO_SCORE}")
+        out.notes.append(f"{uri}: {missing} caption(s) without a score were given score "
+                         f"{NO_SCORE}")
     return out

@@ -43,8 +43,9 @@ def _index(ann: Any, key: str, field: str, uri: str) -> dict[int, Any]:
 
 
 def convert(results: Any, annotations: Any, images: Images, *, results_uri: str,
-            annotations_uri: str) -> Collected:
-    """Rows of the detections table from parsed COCO results and annotations."""
+            annotations_uri: str, out: Collected | None = None) -> Collected:
+    """Rows of the detections table from parsed COCO results and annotations (added to ``out``
+    when given: several results files, one table)."""
     if isinstance(results, dict) and isinstance(results.get("annotations"), list):
         results = results["annotations"]
     if not isinstance(results, list):
@@ -53,7 +54,8 @@ def convert(results: Any, annotations: Any, images: Images, *, results_uri: str,
                            f"{type(results).__name__}")
     coco_images = _index(annotations, "images", "file_name", annotations_uri)
     categories = _index(annotations, "categories", "name", annotations_uri)
-    out = Collected(DETECTIONS_SCHEMA, records=len(results))
+    out = Collected(DETECTIONS_SCHEMA) if out is None else out
+    out.records += len(results)
     resized: list[str] = []
     for i, det in enumerate(results):
         where = f"row {i}"

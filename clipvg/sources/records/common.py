@@ -182,7 +182,8 @@ class Collected:
     def dropped_line(self) -> str | None:
         if not self.dropped:
             return None
-        few = ", ".join(self.unknown[:FIRST_FEW]) + (" ..." if len(self.unknown) > FIRST_FEW else "")
+        more = " ..." if len(self.unknown) > FIRST_FEW else ""
+        few = ", ".join(self.unknown[:FIRST_FEW]) + more
         return (f"dropped {self.dropped} record(s) of {len(self.unknown)} image(s) not in the "
                 f"dataset's images table: {few}")
 

@@ -25,8 +25,8 @@ x0 > x1 or y0 > y1 is skipped and counted, as Pseudo-Q skips it with a warning. 
 ``{image_id}#d{k}``, k = the entry's position in the image's list.
 
 ``color`` (Pseudo-Q's ``bua_attr_detect`` + ``match_attribute_to_object``): an attribute entry's
-attribute is the argmax of its 400 confidences if that maximum is > 0.3 (else none; its class
-loses a leading "attribute " word, e.g. "tennis racket" with "tennis" -> "racket"); the attribute
+attribute is the argmax of its 400 confidences if that maximum is > 0.3 (else none), and its
+class then loses every "<attribute> " in it ("tennis racket" with "tennis" -> "racket"); the attribute
 entries of an image go through Pseudo-Q's overlap removal (within people / clothes / things, of
 two boxes with IoU > 0.4 the less confident goes); a detection takes the attribute of the last
 remaining attribute entry of the same class with IoU > 0.5, else null. Without ``--attributes``,
@@ -119,12 +119,13 @@ def _attribute_entries(attributes: Any, uri: str, vocab: tuple[str, ...]) -> dic
 
 
 def convert(objects: Any, attributes: Any | None, images: Images, *, uri: str,
-            attributes_uri: str | None = None,
-            vocab: tuple[str, ...] = BUA_ATTRIBUTES) -> Collected:
+            attributes_uri: str | None = None, vocab: tuple[str, ...] = BUA_ATTRIBUTES,
+            out: Collected | None = None) -> Collected:
     """Rows of the detections table from a parsed Pseudo-Q object detection file and, optionally,
-    its attribute detection file."""
-    attributed = None if attributes is None else _attribute_entries(attributes, attributes_uri, vocab)
-    out = Collected(DETECTIONS_SCHEMA)
+    its attribute detection file (added to ``out`` when given: several shards, one table)."""
+    attributed = (None if attributes is None else
+                  _attribute_entries(attributes, attributes_uri, vocab))
+    out = Collected(DETECTIONS_SCHEMA) if out is None else out
     skipped = 0
     for name, raw in enumerate_mapping(objects, uri, "detection results"):
         if not isinstance(raw, (list, tuple)):
@@ -145,6 +146,6 @@ def convert(objects: Any, attributes: Any | None, images: Images, *, uri: str,
             out.add(dict(image_id=image_id, det_id=f"{image_id}#d{k}", box=entry.box,
                                  label=entry.label, color=entry.attr, score=entry.score))
     if skipped:
-        out.notes.append(f"skipped {skipped} entr{'y' if skipped == 1 else 'ies'} with x0 > x1 or "
-                         "y0 > y1 (as Pseudo-Q does)")
+        out.notes.append(f"{uri}: skipped {skipped} entr{'y' if skipped == 1 else 'ies'} with "
+                         "x0 > x1 or y0 > y1 (as Pseudo-Q does)")
     return out

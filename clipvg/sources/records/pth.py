@@ -1,5 +1,6 @@
-"""A restricted reader for the ``.pth`` files pseudo-label tools save with ``torch.save`` (Pseudo-Q's
-detection results, CLIP-VG's caption data), without torch and without running the file's code.
+"""A restricted reader for the ``.pth`` files pseudo-label tools save with ``torch.save``
+(Pseudo-Q's detection results, CLIP-VG's caption data), without torch and without running the
+file's code.
 
 Like :mod:`clipvg.sources.official.unpickler` (which reads split files), every global is refused at
 the opcode that asks for it - except the few numpy needs to rebuild a numeric array or scalar

@@ -47,7 +47,8 @@ from clipvg.sources.records.vocab import RELTR_CLASSES, RELTR_PREDICATES
 KEYS = ("sub_logits", "obj_logits", "rel_logits", "sub_boxes", "obj_boxes")
 
 
-def _array(record: dict, key: str, width: int, uri: str, where: str, queries: int | None) -> np.ndarray:
+def _array(record: dict, key: str, width: int, uri: str, where: str,
+           queries: int | None) -> np.ndarray:
     value = require(record, key, uri, where)
     try:
         a = np.asarray(value, dtype=np.float64)
@@ -69,7 +70,8 @@ def _best(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs.argmax(axis=1), probs.max(axis=1)
 
 
-def _pixels(boxes: np.ndarray, width: int, height: int, uri: str, where: str, key: str) -> np.ndarray:
+def _pixels(boxes: np.ndarray, width: int, height: int, uri: str, where: str,
+            key: str) -> np.ndarray:
     if (boxes[:, 2:] < 0).any():
         raise RecordsError(f"{uri}: {where}: {key!r} has a negative width or height (expected "
                            "normalised cx, cy, w, h)")
@@ -78,9 +80,10 @@ def _pixels(boxes: np.ndarray, width: int, height: int, uri: str, where: str, ke
                      (cx + w / 2) * width, (cy + h / 2) * height], axis=1)
 
 
-def convert(records: Iterable[tuple[str, Any]], images: Images, *, uri: str) -> Collected:
+def convert(records: Iterable[tuple[str, Any]], images: Images, *, uri: str,
+            out: Collected | None = None) -> Collected:
     """Rows of the triplets table from ``(where, record)`` pairs of a RelTR outputs file."""
-    out = Collected(TRIPLETS_SCHEMA)
+    out = Collected(TRIPLETS_SCHEMA) if out is None else out
     n_cls, n_rel = len(RELTR_CLASSES) + 1, len(RELTR_PREDICATES) + 1
     background = 0
     for where, record in records:
@@ -113,6 +116,6 @@ def convert(records: Iterable[tuple[str, Any]], images: Images, *, uri: str) -> 
                 object_box=o_box[i].tolist(), subject_score=float(s_p[i]),
                 predicate_score=float(r_p[i]), object_score=float(o_p[i])))
     if background:
-        out.notes.append(f"skipped {background} quer{'y' if background == 1 else 'ies'} whose best "
-                         "class is N/A or __background__")
+        out.notes.append(f"{uri}: skipped {background} quer{'y' if background == 1 else 'ies'} "
+                         "whose best class is N/A or __background__")
     return out

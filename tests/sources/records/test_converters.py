@@ -86,6 +86,7 @@ def test_coco_detection_results(dataset, tmp_path, capsys):
             entry["dropped_records"], entry["first_dropped"]) == (
         "coco-detections", 3, 2, 4, 1, [UNKNOWN])
     assert entry["annotations"] == str(tmp_path / "instances.json")
+    assert entry["inputs"] == [str(tmp_path / "dets.json")]
     # template source: 640 x 480 / 64 = 4800 px minimum; the car (50 x 60.5 = 3025) is tiny; the
     # person and the chair (250 x 375 in a 500 x 375 image) are described, alone in their class
     samples = generate_for_images("template", images(dataset), pa.Table.from_pylist(rows),
@@ -237,7 +238,8 @@ def test_reltr_outputs(dataset, tmp_path, capsys):
               "rel_logits": [logits(52, RIDING, 153), logits(52, WEARING, 153),
                              logits(52, None, 1)],
               "sub_boxes": [[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 0.1, 0.1]],
-              "obj_boxes": [[0.25, 0.75, 0.5, 0.5], [0.25, 0.125, 0.25, 0.25], [0.5, 0.5, 0.1, 0.1]]}
+              "obj_boxes": [[0.25, 0.75, 0.5, 0.5], [0.25, 0.125, 0.25, 0.25],
+                            [0.5, 0.5, 0.1, 0.1]]}
     line_b = {"image_file": IMG_B, "sub_logits": [logits(152, MAN, 151)],
               "obj_logits": [logits(152, CAR, 151)], "rel_logits": [logits(52, ON, 153)],
               "sub_boxes": [[0.5, 0.5, 1.0, 1.0]], "obj_boxes": [[0.5, 0.5, 1.0, 1.0]]}
@@ -317,3 +319,25 @@ def test_captions_jsonl_and_clipvg_caption_data(dataset, tmp_path, capsys):
                    "--overwrite") == 0
     assert [(r["image_id"], r["caption"], r["score"]) for r in table(dataset, "captions")] == [
         (IMG_B, "A man riding a horse.", 1.0)]
+
+
+def test_pseudoq_shards_go_into_one_table(dataset, tmp_path, capsys):
+    # Pseudo-Q's files come in 16 shards per dataset (split0 ... split15); each object file is
+    # paired with its attribute file in order
+    for k, (name, label, index) in enumerate([(IMG_A, "dog", RED), (IMG_B, "cat", WHITE)]):
+        (tmp_path / f"det{k}.json").write_text(json.dumps(
+            {name: [[label, [10.0, 10.0, 200.0, 200.0, 0.8]]]}))
+        (tmp_path / f"attr{k}.json").write_text(json.dumps(
+            {name: [[label, [10.0, 10.0, 200.0, 200.0, 0.7], attrs(index, 0.9).tolist()]]}))
+    shards = [str(tmp_path / "det0.json"), str(tmp_path / "det1.json")]
+    attributes = [str(tmp_path / "attr0.json"), str(tmp_path / "attr1.json")]
+    assert records(dataset, "pseudoq-detections", *shards, "--attributes", *attributes) == 0
+    assert [(r["det_id"], r["label"], r["color"]) for r in table(dataset, "detections")] == [
+        (f"{IMG_A}#d0", "dog", "red"), (f"{IMG_B}#d0", "cat", "white")]
+    entry = storage.read_json(storage.join(dataset, "manifest.json"))["records"]["detections"]
+    assert (entry["inputs"], entry["attributes"]) == (shards, attributes)
+    capsys.readouterr()
+    assert records(dataset, "pseudoq-detections", *shards, "--attributes", attributes[0],
+                   "--overwrite") == 2
+    assert "--attributes needs one file per --input file (2, paired in order), got 1" in (
+        capsys.readouterr().err)

@@ -71,7 +71,7 @@ def test_an_existing_record_table_is_refused_unless_overwrite(dataset, tmp_path,
                                                        (f"{IMG_B}#d1", [60, 5, 110, 55])]
     manifest = storage.read_json(storage.join(dataset, "manifest.json"))
     assert manifest["tables"].count("detections") == 1
-    assert manifest["records"]["detections"]["input"].endswith("other.json")
+    assert manifest["records"]["detections"]["inputs"] == [str(tmp_path / "other.json")]
     assert manifest["counts"] == {"train": {"images": 2, "samples": 2}}  # the rest kept
 
 
