@@ -87,7 +87,7 @@ def _strict_extremes(values: list[float]) -> tuple[int | None, int | None]:
 
 
 def spatial_words(kept: list[dict]) -> list[list[str]]:
-    """For each kept detection, its spatial words among same-label detections (rule 2), in
+    """For each kept detection, its spatial words among same-label detections (rule 3), in
     the order horizontal, vertical, size."""
     words: list[list[str]] = [[] for _ in kept]
     groups: dict[str, list[int]] = {}
@@ -117,7 +117,7 @@ def spatial_words(kept: list[dict]) -> list[list[str]]:
 
 
 def expressions(noun: str, attr: str | None, words: Iterable[str]) -> list[str]:
-    """Every template text for one object (rule 4), in a fixed order."""
+    """Every template text for one object (rule 5), in a fixed order."""
     out = [t.format(attr=attr, noun=noun) for t in ATTR_TEMPLATES] if attr else []
     for w in words:
         out += [t.format(noun=noun, w=w, attr=attr) for t in TEMPLATES[w]
