@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("clipvg.data.validate_cli", "check a dataset's rows; quarantine bad ones"),
     "import-official": ("clipvg.sources.official.cli", "import official CLIP-VG split files (.pth)"),
     "export-official": ("clipvg.sources.official.cli", "export a split, or a pipeline run's refined release, as official .pth files"),
+    "records": ("clipvg.sources.records.cli", "convert real detector / scene-graph / captioner output into a dataset's record tables"),
 }
 
 
