@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     sp = argparse.ArgumentParser(prog=f"clipvg {command}", description=COMMANDS[command][1])
     module.add_arguments(sp)
-    args = sp.parse_args(argv[1:])
+    # intermixed: dotted overrides (a positional list) may come before or after any flag
+    args = sp.parse_intermixed_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

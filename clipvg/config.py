@@ -271,8 +271,10 @@ class CurriculumConfig:
     # How a search trial trains: "ray_train" = a TorchTrainer inside the Tune trial (scaling.*
     # workers, GPUs, DDP: clusters); "in_trial" = the trial process trains on CPU itself with
     # the single-process engine (laptops and tiny models, where starting a TorchTrainer's
-    # controller and worker processes costs more than the training)
-    launcher: Literal["ray_train", "in_trial"] = "ray_train"
+    # controller and worker processes costs more than the training); "in_process" = no Tune:
+    # the pipeline's own process trains every candidate with that engine, one after another
+    # (tiny models and tests, where starting a Tune run, ~20-30 s a search, costs more still)
+    launcher: Literal["ray_train", "in_trial", "in_process"] = "ray_train"
     max_concurrent_trials: int = 2
     cpus_per_trial: float = 0.1  # the Tune trial itself (ray_train: its TorchTrainer asks for the
                                  # workers; in_trial: scaling.cpus_per_worker is added)
@@ -664,8 +666,8 @@ def _check_values(obj: Any, where: str) -> None:
         rule = _RULES.get((type(obj), f.name))
         if rule and not rule[0](getattr(obj, f.name)):
             raise ConfigError(f"{_join(where, f.name)}: {getattr(obj, f.name)!r} {rule[1]}")
-    if isinstance(obj, CurriculumConfig) and obj.samples_per_epoch is not None and obj.launcher != "in_trial":
-        raise ConfigError(f"{_join(where, 'samples_per_epoch')}: needs curriculum.launcher=in_trial "
+    if isinstance(obj, CurriculumConfig) and obj.samples_per_epoch is not None and obj.launcher == "ray_train":
+        raise ConfigError(f"{_join(where, 'samples_per_epoch')}: needs curriculum.launcher=in_trial or in_process "
                           "(Ray Train runs one pass over the pool per epoch)")
     if isinstance(obj, CurriculumConfig) and obj.early_stopping == "asha" and obj.launcher != "ray_train":
         raise ConfigError(f"{_join(where, 'early_stopping')}: asha needs curriculum.launcher=ray_train "

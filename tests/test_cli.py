@@ -180,3 +180,19 @@ def test_run_commands_answer_bad_input_before_the_heavy_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": repo})
     assert out.stdout.strip() == "[]"
+
+
+def test_overrides_may_come_before_or_after_flags(command):
+    """``clipvg pipeline --until world data.seed=7`` and ``... data.seed=7 --until world`` mean
+    the same (planted defect: plain parse_args, which refuses overrides after a flag)."""
+    def add_arguments(parser):
+        parser.add_argument("--until")
+        parser.add_argument("--overwrite", action="store_true")
+        parser.add_argument("overrides", nargs="*")
+
+    seen = []
+    command.add_arguments = add_arguments
+    command.run = lambda args: seen.append((args.until, args.overwrite, args.overrides)) or 0
+    assert cli.main(["boom", "a=1", "--until", "world", "b=2", "--overwrite", "c=3"]) == 0
+    assert cli.main(["boom", "--overwrite", "--until", "world", "a=1", "b=2", "c=3"]) == 0
+    assert seen[0] == seen[1] == ("world", True, ["a=1", "b=2", "c=3"])

@@ -182,6 +182,8 @@ def _markdown(pipeline: PipelineResult, acc: dict, report: dict, figs: dict) -> 
              "(a model that reads the text falls to or below the random-object baseline)."]
     for m, why in report.get("left_out", {}).items():
         lines += ["", f"Left out: {METHODS[m]} (`{m}`): {why}."]
+    lines += ["", "Final models (a run folder each; `clipvg evaluate --checkpoint <folder>`): "
+              + ", ".join(f"`{m}` {d}" for m, d in report["models"].items()) + "."]
     mg = report["margins"]
     lines += ["", f"Margins on `{mg['split']}`: SSA - w/o curriculum = {_pts(mg['ssa_minus_raw_template'])}, "
               f"MSA - w/o MSA = {_pts(mg['msa_minus_raw_union'])} (points).", "",
@@ -234,7 +236,8 @@ def write_report(pipeline: PipelineResult) -> dict:
                            "source_order": pipeline.cfg.curriculum.source_order,
                            "order_accs": o["msa"]["order_accs"]},
               "ssa_curve": o["ssa"]["curve"], "msa_steps": o["msa"]["steps"],
-              "measurers": o["measurers"], "pseudo_rows": {s: o[f"pseudo:{s}"]["rows"] for s in pipeline.sources}}
+              "measurers": o["measurers"], "pseudo_rows": {s: o[f"pseudo:{s}"]["rows"] for s in pipeline.sources},
+              "models": {m: o["finals"][m]["run_dir"] for m in acc}}  # for clipvg evaluate / predict
     out_uri = pipeline.uri("report")
     with tempfile.TemporaryDirectory(prefix="clipvg-report-") as tmp:
         figs = _figures(pipeline, acc, split, Path(tmp))

@@ -158,7 +158,7 @@ class Pipeline:
         return dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, uri=world, train_pool=[]))
 
     def evaluator(self, epochs: int, sequential: bool = False):
-        cls = SequentialEvaluator if sequential else TuneEvaluator
+        cls = SequentialEvaluator if sequential or self.cfg.curriculum.launcher == "in_process" else TuneEvaluator
         return cls(self.base(), trials_root=self.uri("trials"), tune_root=self.uri("tune"), epochs=epochs)
 
     def _training_part(self, epochs: int) -> dict:

@@ -65,12 +65,13 @@ def finished_history(cfg: Config) -> dict | None:
 def train_pool(base: Config, pool: list, *, trials_root: str, epochs: int,
                callbacks: list | None = None) -> dict:
     """Train on ``pool`` (or read the finished run back); returns its ``history.json``.
-    ``curriculum.launcher``: a TorchTrainer (``ray_train``) or this process (``in_trial``)."""
+    ``curriculum.launcher``: a TorchTrainer (``ray_train``) or this process (``in_trial``,
+    ``in_process``)."""
     cfg = trial_config(base, pool, trials_root=trials_root, epochs=epochs)
     done = finished_history(cfg)
     if done is not None:
         return done
-    if base.curriculum.launcher == "in_trial":
+    if base.curriculum.launcher in ("in_trial", "in_process"):
         # deferred: loads torch; paid only when this runs, not on import
         import torch
 
@@ -226,8 +227,12 @@ def _order_trial(config: dict, *, base: Config, run_msa: Callable, trials_root: 
 
 def search_orders(base: Config, orders: Sequence[tuple], run_msa: Callable[[list, Any], MsaResult], *,
                   trials_root: str, tune_root: str, epochs: int) -> dict[tuple, float]:
-    """MSA's source order as a Tune search: one trial per order. Returns order -> the final
+    """MSA's source order as a Tune search: one trial per order (``curriculum.launcher=
+    in_process``: the orders one after another in this process). Returns order -> the final
     pool's validation accuracy. ``run_msa(order, evaluate)`` must be picklable."""
+    if base.curriculum.launcher == "in_process":
+        evaluator = SequentialEvaluator(base, trials_root=trials_root, tune_root=tune_root, epochs=epochs)
+        return {tuple(o): run_msa(list(o), evaluator).final.score for o in orders}
     # deferred: loads Ray; paid only when this runs, not on import
     from ray import tune
 
