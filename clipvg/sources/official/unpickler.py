@@ -36,6 +36,7 @@ LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 
 ALLOWED_TYPES = (list, tuple, str, bytes, int, float, bool, type(None))
+SPLIT_FILE = "a split file may hold only lists, tuples, strings and numbers"
 
 
 class UnsafePickleError(ValueError):
@@ -43,27 +44,29 @@ class UnsafePickleError(ValueError):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Refuses every global and every persistent id, naming the file and what was asked for."""
+    """Refuses every global outside ``allowed`` ((module, name) -> the object to use instead)
+    and every persistent id, naming the file, what was asked for and ``rule`` (what the file
+    may hold)."""
 
-    def __init__(self, stream: io.BytesIO, name: str):
+    def __init__(self, stream: io.BytesIO, name: str, allowed: dict | None = None, rule: str = SPLIT_FILE):
         super().__init__(stream)
-        self._name = name
+        self._name, self._allowed, self._rule = name, allowed or {}, rule
 
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
         # Protocol-2 pickles (torch.save) spell builtins as __builtin__: name the Python 3 one
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in self._allowed:
+            return self._allowed[(module, name)]
         raise UnsafePickleError(
-            f"refusing to load {self._name}: it asks to import the global {module}.{name}; a "
-            "split file may hold only lists, tuples, strings and numbers, so nothing was "
-            "executed")
+            f"refusing to load {self._name}: it asks to import the global {module}.{name}; "
+            f"{self._rule}, so nothing was executed")
 
     def persistent_load(self, pid: Any):  # noqa: D102 - pickle API
         what = pid[0] if isinstance(pid, tuple) and pid else type(pid).__name__
         raise UnsafePickleError(
             f"refusing to load {self._name}: it references external storage (persistent id "
-            f"{what!r}, e.g. a tensor); a split file may hold only lists, tuples, strings and "
-            "numbers")
+            f"{what!r}, e.g. a tensor); {self._rule}")
 
 
 def _refuse_extensions(stream: io.BytesIO, name: str) -> None:
@@ -87,15 +90,15 @@ def _refuse_extensions(stream: io.BytesIO, name: str) -> None:
     stream.seek(start)
 
 
-def _unpickle(stream: io.BytesIO, name: str) -> Any:
+def _unpickle(stream: io.BytesIO, name: str, allowed: dict | None = None, rule: str = SPLIT_FILE) -> Any:
     _refuse_extensions(stream, name)
     try:
-        return _RestrictedUnpickler(stream, name).load()
+        return _RestrictedUnpickler(stream, name, allowed, rule).load()
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, MemoryError, OverflowError, UnicodeDecodeError) as e:
-        raise UnsafePickleError(f"cannot read {name} as a split file: corrupt or unsupported "
+        raise UnsafePickleError(f"cannot read {name}: corrupt or unsupported "
                                 f"pickle ({type(e).__name__}: {e})") from None
 
 
@@ -131,10 +134,10 @@ def _data_pkl(data: bytes, name: str) -> bytes:
         raise UnsafePickleError(f"cannot read {name}: broken zip archive ({e})") from None
 
 
-def _load_legacy_or_plain(data: bytes, name: str) -> Any:
+def _load_legacy_or_plain(data: bytes, name: str, allowed: dict | None, rule: str) -> Any:
     """A plain pickle, or torch's legacy sequence (magic, protocol, sys info, object, keys)."""
     stream = io.BytesIO(data)
-    first = _unpickle(stream, name)
+    first = _unpickle(stream, name, allowed, rule)
     if not (type(first) is int and first == LEGACY_MAGIC_NUMBER):
         if stream.read(1):
             raise UnsafePickleError(f"cannot read {name}: trailing data after the pickle")
@@ -144,19 +147,25 @@ def _load_legacy_or_plain(data: bytes, name: str) -> Any:
         raise UnsafePickleError(f"cannot read {name}: legacy torch format with unsupported "
                                 f"protocol version {protocol!r}")
     _unpickle(stream, name)  # sys info: a small dict of endianness and type sizes; unused
-    obj = _unpickle(stream, name)
+    obj = _unpickle(stream, name, allowed, rule)
     keys = _unpickle(stream, name)
     if keys != []:  # storages would have been refused as persistent ids already
         raise UnsafePickleError(f"refusing {name}: it carries tensor storages {keys!r:.80}")
     return obj
 
 
+def loads_restricted(data: bytes, name: str, allowed: dict | None = None, rule: str = SPLIT_FILE) -> Any:
+    """The object of a pickle in any of the three forms, unpickled with no global but those of
+    ``allowed`` and no persistent id; every refusal names ``name`` and says ``rule``. The
+    caller checks the object's types."""
+    if data[:4] == b"PK\x03\x04":
+        return _unpickle(io.BytesIO(_data_pkl(data, name)), name, allowed, rule)
+    return _load_legacy_or_plain(data, name, allowed, rule)
+
+
 def loads_split(data: bytes, name: str) -> list:
     """Decode the bytes of a split file (any of the three forms); see :func:`load_split_file`."""
-    if data[:4] == b"PK\x03\x04":
-        obj = _unpickle(io.BytesIO(_data_pkl(data, name)), name)
-    else:
-        obj = _load_legacy_or_plain(data, name)
+    obj = loads_restricted(data, name)
     check_types(obj, name)
     if not isinstance(obj, list):
         raise UnsafePickleError(f"cannot use {name}: a split file holds a list of entries, "
