@@ -18,7 +18,8 @@ A run folder that already holds results (``best/``, ``last/`` or ``history.json`
 replaced silently: ``train.resume=true`` continues it from ``last/`` (the resumed run draws the
 data and dropout an uninterrupted one would), ``--overwrite`` starts it over, anything else is
 refused with a :class:`~clipvg.errors.UserError`. Ctrl-C ends with
-:class:`~clipvg.errors.InterruptedRun`, one line saying what was kept.
+:class:`~clipvg.errors.InterruptedRun`, one line saying what was kept; a Ctrl-C while ``best/``
+and ``last/`` are being written takes effect once they are whole (:func:`held_interrupts`).
 """
 
 from __future__ import annotations
