@@ -9,6 +9,9 @@ Reads each run's ``history.json`` (``clipvg train-local`` or ``clipvg train``) a
 * ``curves.png``: validation Acc@0.5 against training samples, one panel per expression type,
   with each run's shuffled-text control dotted.
 
+Existing outputs under ``--out`` are refused (before any history is read) unless
+``--overwrite``.
+
 This is how the ablations of docs/pretraining.md were tabulated.
 """
 
@@ -25,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from clipvg.data import storage  # noqa: E402
 
 TYPES = ("attribute", "spatial", "relational")
+OUTPUTS = ("compare.md", "compare.json", "curves.png")
 
 
 def epoch_samples(epoch: dict) -> int:
@@ -100,9 +104,12 @@ def add_arguments(parser) -> None:
                         "NAME=FOLDER names a row")
     parser.add_argument("--out", required=True, help="local folder for compare.md/json, curves.png")
     parser.add_argument("--split", default="test", help="held-out split of the table (default test)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace compare.md/json and curves.png already in --out (default: refuse)")
 
 
 def run(args) -> int:
+    storage.refuse_existing(args.out, OUTPUTS, overwrite=args.overwrite)
     histories: dict[str, dict] = {}
     for item in args.runs:
         name, sep, folder = item.partition("=")

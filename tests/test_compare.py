@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from argparse import Namespace
 
+from clipvg.cli import main
 from clipvg.compare import epoch_samples, markdown_table, run, run_row
+from listing import listing, refusal_line
 
 
 def _history(acc: float, shuffled: float) -> dict:
@@ -35,7 +37,26 @@ def test_command_writes_table_json_and_curves(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "history.json").write_text(json.dumps(_history(acc, 0.2)))
     out = tmp_path / "cmp"
-    assert run(Namespace(runs=[f"first={tmp_path / 'x'}", str(tmp_path / "y")], out=str(out), split="test")) == 0
+    assert run(Namespace(runs=[f"first={tmp_path / 'x'}", str(tmp_path / "y")], out=str(out), split="test",
+                         overwrite=False)) == 0
     rows = json.loads((out / "compare.json").read_text())
     assert [r["run"] for r in rows] == ["first", "y"]
     assert (out / "curves.png").stat().st_size > 1000 and "| y |" in (out / "compare.md").read_text()
+
+
+def test_command_refuses_existing_outputs_unless_overwrite(tmp_path, capsys):
+    """An --out holding compare.md is refused (exit 2, one line naming it and --overwrite) and
+    left byte for byte, mtimes included; --overwrite replaces the table. Planted defect that
+    fails it: compare.run without its refuse_existing call (write_text replaced the files)."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "history.json").write_text(json.dumps(_history(0.5, 0.2)))
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "compare.md").write_text("an earlier table\n")
+    (out / "notes.txt").write_text("not ours\n")
+    before = listing(out)
+    assert main(["compare", str(tmp_path / "x"), "--out", str(out)]) == 2
+    refusal_line(capsys.readouterr().err, "compare", out / "compare.md")
+    assert listing(out) == before
+    assert main(["compare", str(tmp_path / "x"), "--out", str(out), "--overwrite"]) == 0
+    assert "| x |" in (out / "compare.md").read_text() and (out / "notes.txt").read_text() == "not ours\n"

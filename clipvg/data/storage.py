@@ -234,6 +234,21 @@ def exists(uri: str, **storage_options: Any) -> bool:
     return fs.exists(path)
 
 
+def refuse_existing(out: str, names: Iterable[str] | None = None, *, overwrite: bool,
+                    **storage_options: Any) -> list[str]:
+    """The outputs of a command that already exist - ``out`` itself, or its entries ``names`` -
+    refused with a one-line :class:`~clipvg.errors.UserError` naming them and ``--overwrite``
+    unless ``overwrite`` (then returned, for the command to replace). Called before any work, so
+    a refusal changes nothing."""
+    uris = [out] if names is None else [join(out, name) for name in names]
+    found = [uri for uri in uris if exists(uri, **storage_options)]
+    if found and not overwrite:
+        raise UserError(f"{', '.join(found)} already exist{'s' if len(found) == 1 else ''} (the "
+                        f"output of an earlier run): write to another output, or replace "
+                        f"{'it' if len(found) == 1 else 'them'} with --overwrite")
+    return found
+
+
 def remove(uri: str, **storage_options: Any) -> bool:
     """Delete the file at ``uri``; False if there was none."""
     fs, path = filesystem(uri, **storage_options)

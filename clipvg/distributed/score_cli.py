@@ -9,7 +9,8 @@ local or on object storage. Writes the scores table (one row per sample, see
 :mod:`clipvg.curriculum.selection`) to ``--out`` with ``histogram.json`` and ``histogram.png``
 in the same folder, and prints the counts and the subset sizes at ``curriculum.thresholds``.
 Replicas: ``curriculum.scoring.actors`` (CPUs / GPUs / threads per actor next to it).
-Every URI goes through the run's ``storage.*`` (``storage.endpoint_url`` etc.).
+Every URI goes through the run's ``storage.*`` (``storage.endpoint_url`` etc.). An existing
+``--out`` is refused (before Ray starts) unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=None,
                         help="source name in the table (default: the samples' source column when it "
                              "holds one value, else the samples folder's name)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out (default: refuse)")
 
     add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. curriculum.scoring.actors=2")
@@ -53,15 +56,17 @@ def default_source(samples, samples_uri: str) -> str:
 
 
 def run(args) -> int:
-    # deferred: loads matplotlib and torch; paid only when this runs, not on import
+    cfg = load_config(args.config, args.overrides)
+    options = storage.options_from_config(cfg.storage)
+    # every URI of the command, and an existing --out, before any work (a wrong endpoint fails at
+    # once, naming it; a refusal comes before torch, the dataset and Ray)
+    storage.check_access(args.model, args.samples, args.out, cfg.storage.root, cfg.data.uri, **options)
+    storage.refuse_existing(args.out, overwrite=args.overwrite, **options)
+    # deferred: loads matplotlib and torch; the checks above answer first
     from clipvg.curriculum.plots import score_histograms
     from clipvg.distributed.scoring import score_samples, summary
     from clipvg.engine.batching import ensure_dataset
 
-    cfg = load_config(args.config, args.overrides)
-    options = storage.options_from_config(cfg.storage)
-    # every URI of the command, before any work (a wrong endpoint fails at once, naming it)
-    storage.check_access(args.model, args.samples, args.out, cfg.storage.root, cfg.data.uri, **options)
     data_uri = ensure_dataset(cfg)
     samples = storage.read_table(args.samples, **options)
     measurer = args.measurer or default_measurer(args.model)

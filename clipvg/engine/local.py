@@ -18,18 +18,22 @@ A run folder that already holds results (``best/``, ``last/`` or ``history.json`
 replaced silently: ``train.resume=true`` continues it from ``last/`` (the resumed run draws the
 data and dropout an uninterrupted one would), ``--overwrite`` starts it over, anything else is
 refused with a :class:`~clipvg.errors.UserError`. Ctrl-C ends with
-:class:`~clipvg.errors.InterruptedRun`, one line saying what was kept.
+:class:`~clipvg.errors.InterruptedRun`, one line saying what was kept; a Ctrl-C while ``best/``
+and ``last/`` are being written takes effect once they are whole (:func:`held_interrupts`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +184,28 @@ def _py_tuple(state: list) -> tuple:
     return (version, tuple(internal), gauss)
 
 
+@contextlib.contextmanager
+def held_interrupts():
+    """Run the block with Ctrl-C (SIGINT) held, then deliver it: a checkpoint being written when
+    the user presses Ctrl-C is finished first, so ``last/`` is always a whole checkpoint (the
+    previous one or the new one), never a folder without its ``state.json``. Signal handlers
+    can only be set in the main thread; elsewhere (a search trial's thread) the block runs as
+    is. An ignored SIGINT stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and previous is not signal.SIG_IGN:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+        raise KeyboardInterrupt
+
+
 def _interrupted(run_dir: str, where: str, state: TrainState) -> str:
     if state.epoch == 0:
         return (f"interrupted {where}; kept: nothing to resume in {run_dir} (no epoch finished; "
@@ -276,14 +302,16 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
             improved = end_epoch(state, record)
             history.epochs.append(record)
             history.best_acc, history.best_epoch = state.best_acc, state.best_epoch
-            if improved:
-                export_model(model, local / BEST)
-                folder.publish(BEST)
-            save_training_state(local / LAST, model, optimizer, state, cfg, rng_state=rng_state(train_loader))
-            folder.publish(LAST, last=(STATE_FILE,))
-            saved = state
-            run_log.epoch(record)
-            run_log.sync()
+            with held_interrupts():  # best/ and last/ are written whole: Ctrl-C waits for them
+                if improved:
+                    export_model(model, local / BEST)
+                    folder.publish(BEST)
+                save_training_state(local / LAST, model, optimizer, state, cfg,
+                                    rng_state=rng_state(train_loader))
+                folder.publish(LAST, last=(STATE_FILE,))
+                saved = state
+                run_log.epoch(record)
+                run_log.sync()
             where = None
             log.info("epoch %d: train loss %.4f, val Acc@0.5 %.4f (shuffled text %s) %s", epoch + 1,
                      record["train_loss"], result.accuracy, fmt_acc(record["val"]["shuffled_text"]["acc"]),

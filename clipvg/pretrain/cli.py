@@ -3,7 +3,9 @@
 The towers are those of ``model.arch`` in the given run config (the demo's by default); the
 result is an open_clip CLIP weights file that the run config then names in ``model.weights``,
 exactly as a cluster run names a downloaded CLIP checkpoint. Besides the weights the output
-folder gets ``MODEL_CARD.md`` (command, seed, curve), ``curve.png`` and ``metrics.jsonl``.
+folder gets ``MODEL_CARD.md`` (command, seed, curve), ``curve.png``, ``metrics.jsonl`` and
+``pretrain.json``. An ``--out`` that holds any of them is refused (before training) unless
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from pathlib import Path
 import torch
 
 from clipvg.config import load_config
-from clipvg.pretrain.loop import PretrainConfig, pretrain_towers
+from clipvg.data import storage
+from clipvg.pretrain.loop import WEIGHTS_FILE, PretrainConfig, pretrain_towers
 from clipvg.pretrain.report import write_model_card
 
 DEFAULTS = PretrainConfig()
+OUTPUTS = (WEIGHTS_FILE, "metrics.jsonl", "pretrain.json", "MODEL_CARD.md", "curve.png")
 
 
 def add_arguments(parser) -> None:
@@ -35,6 +39,8 @@ def add_arguments(parser) -> None:
                         help="torch CPU threads (default: torch's choice); the committed towers "
                              "record theirs in MODEL_CARD.md")
     parser.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the towers, card and curve already in --out (default: refuse)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the run config")
 
 
@@ -45,11 +51,14 @@ def reproduce_command(args) -> str:
              "--seed", args.seed, "--eval-every", args.eval_every]
     if args.threads:
         parts += ["--threads", args.threads]
+    if args.overwrite:
+        parts += ["--overwrite"]
     return " ".join(shlex.quote(str(p)) for p in parts + list(args.overrides))
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    storage.refuse_existing(args.out, OUTPUTS, overwrite=args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     run_cfg = load_config(args.config, args.overrides)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import re
+import runpy
 import shlex
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import yaml
 from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+import clipvg.cli
 from clipvg.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -343,7 +346,12 @@ def _pipeline_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_rayjob(kuberay_job, kuberay_cluster, run_config):
+def test_rayjob(kuberay_job, kuberay_cluster, run_config, monkeypatch):
+    """The RayJob runs the cluster's image on raycluster.yaml's spec, and its entrypoint - run
+    here as ``python <script> <args>`` would, with ``clipvg.cli.main`` stubbed - hands
+    ``clipvg pipeline`` exactly its arguments and exits with its status. Planted defect that
+    fails it: ray_jobs/pipeline.py calling ``main(["train", *sys.argv[1:]])`` (or dropping the
+    arguments)."""
     spec = kuberay_job["spec"]
     assert spec["rayClusterSpec"] == kuberay_cluster["spec"]  # the same cluster as raycluster.yaml
     assert spec["shutdownAfterJobFinishes"] is True
@@ -357,7 +365,15 @@ def test_rayjob(kuberay_job, kuberay_cluster, run_config):
     assert argv[0] == "python"
     script = REPO / argv[1]
     assert script.is_file() and script.parent == REPO / "ray_jobs"
-    assert 'main(["pipeline", *sys.argv[1:]])' in script.read_text()
+    calls = []
+    monkeypatch.setattr(clipvg.cli, "main", lambda argv=None: calls.append(argv) or 7)
+    monkeypatch.setattr("sys.argv", [str(script), *argv[2:]])
+    monkeypatch.setenv("RAY_ADDRESS", "recorded")  # so that the script's setdefault is undone
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(script), run_name="__main__")
+    assert calls == [["pipeline", *argv[2:]]] and exit_.value.code == 7
+    assert os.environ["RAY_ADDRESS"] == "auto"  # joins the cluster the job runs on
     args, unknown = _pipeline_parser().parse_known_args(argv[2:])
     assert unknown == [], f"ray_jobs/pipeline.py does not accept {unknown}"
     assert (REPO / args.config).resolve() == RUN_CONFIG.resolve()  # configs/ links to clipvg/configs/

@@ -60,13 +60,31 @@ def test_the_policy_changes_what_train_local_computes(tiny_run, monkeypatch):
     assert losses["fp32"][0] == pytest.approx(losses["bf16"][0], rel=0.05)  # same model, other numerics
 
 
+def _built(model, optimizer) -> tuple:
+    """What a launcher's build decides: each parameter's dtype and trainability, and the
+    optimizer's groups (learning rate, weight decay, parameter shapes)."""
+    return ({n: (p.dtype, p.requires_grad) for n, p in model.named_parameters()},
+            [(g["lr"], g["weight_decay"], [tuple(p.shape) for p in g["params"]])
+             for g in optimizer.param_groups])
+
+
 def test_one_build_for_every_launcher(tiny_run):
-    """The worker and the local loop share build_training: the policy is applied there."""
-    import inspect
+    """The Ray Train worker's build (``worker._build``, one process: no DDP wrapper) and the
+    local loop's (``loop.build_training``) give the same model - tensors, dtypes under the
+    policy, trainable set, initial weights for the same seed - and the same optimizer groups.
+    Planted defect that fails it: ``worker._build`` making its own ``build_model(cfg.model)`` +
+    ``AdamW(lr=cfg.train.lr)`` (precision policy and train.weight_decay skipped)."""
+    from clipvg.distributed import worker  # deferred: loads Ray Train (12 s), only this test needs it
 
-    from clipvg.distributed import worker
-
-    assert "build_training(" in inspect.getsource(worker._build)
-    model, optimizer = loop.build_training(tiny_run("model.freeze=official", "train.precision=fp16-frozen"))
-    assert model.backbone.visual.conv1.weight.dtype == torch.float16
+    cfg = tiny_run("model.freeze=official", "train.precision=fp16-frozen", "train.weight_decay=0.05")
+    torch.manual_seed(0)
+    model, raw_model, optimizer = worker._build(cfg, worker.Ctx(rank=0, world=1, device=torch.device("cpu")))
+    assert model is raw_model
+    torch.manual_seed(0)
+    local_model, local_optimizer = loop.build_training(cfg)
+    assert _built(raw_model, optimizer) == _built(local_model, local_optimizer)
+    theirs = local_model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in raw_model.state_dict().items())
+    assert raw_model.backbone.visual.conv1.weight.dtype == torch.float16  # the policy was applied
     assert all(p.dtype == torch.float32 for g in optimizer.param_groups for p in g["params"])
+    assert {g["weight_decay"] for g in optimizer.param_groups} >= {0.05}

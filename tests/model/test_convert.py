@@ -25,6 +25,7 @@ from clipvg.model.convert import (
     model_config_from_official,
 )
 from clipvg.model.io import ConversionError, export_model, load_model
+from listing import listing, refusal_line
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "clipvg_official" / "tiny"
@@ -122,6 +123,31 @@ def test_training_checkpoint_with_namespace_args_converts(tiny_official, tmp_pat
         boxes = load_model(out)(cases["images"], cases["pixel_mask"], cases["tokens"],
                                 cases["token_mask"])
     assert (boxes - cases["pred_boxes"]).abs().max() <= 1e-5
+
+    # a second conversion into the same OUT: refused, nothing touched; --overwrite replaces it
+    before = listing(out)
+    capsys.readouterr()
+    assert cli_main(["convert-official", str(ckpt), str(out),
+                     "--official-config", str(TINY / "config.json")]) == 2
+    refusal_line(capsys.readouterr().err, "convert-official", out / "model.safetensors")
+    assert listing(out) == before
+    assert cli_main(["convert-official", str(ckpt), str(out), "--official-config",
+                     str(TINY / "config.json"), "--overwrite"]) == 0
+    assert load_model(out) is not None
+
+
+def test_cli_refuses_an_existing_model_before_reading_the_checkpoint(tmp_path, capsys):
+    """An OUT holding model_config.json is refused (exit 2, one line naming it and --overwrite)
+    before IN is even read (it does not exist here), and nothing in OUT changes. Planted defect
+    that fails it: convert_cli.run without its refuse_existing call (the missing IN is reported
+    instead, or an existing model replaced)."""
+    out = tmp_path / "models" / "unc"
+    out.mkdir(parents=True)
+    (out / "model_config.json").write_text("{}\n")
+    before = listing(out)
+    assert cli_main(["convert-official", str(tmp_path / "absent.pth"), str(out)]) == 2
+    refusal_line(capsys.readouterr().err, "convert-official", out / "model_config.json")
+    assert listing(out) == before
 
 
 def test_converter_casts_fp16_and_checks_keys(tiny_official):

@@ -16,6 +16,7 @@ from clipvg.model.backbone import build_clip
 from clipvg.pretrain.loop import WEIGHTS_FILE, PretrainConfig, collate_scenes, pretrain_towers
 from clipvg.pretrain.objective import TowerPretrainer, encode_text_pooled
 from clipvg.pretrain.scenes import make_scene
+from listing import listing, refusal_line
 
 ARCH = {"embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
@@ -85,6 +86,31 @@ def test_cli_writes_weights_and_model_card(tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert "--steps 2" in card and "| 2 | 8 |" in card  # the command and the curve's last row
     assert (out / "curve.png").stat().st_size > 1000 and (out / WEIGHTS_FILE).is_file()
+    # the same --out again with --overwrite: trained anew, the card names the new command
+    assert main(["pretrain-towers", "--config", str(config), "--out", str(out), "--steps", "1",
+                 "--batch-size", "4", "--eval-every", "1", "--threads", "1", "--overwrite"]) == 0
+    assert "--steps 1" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_cli_refuses_existing_towers_before_training(tmp_path, capsys, monkeypatch):
+    """An --out holding towers is refused (exit 2, one line naming the file and --overwrite)
+    before any training, and nothing in it changes. Planted defect that fails it:
+    pretrain/cli.run without its refuse_existing call (pretrain_towers runs and replaces)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"arch": ARCH, "image_size": 64, "taps": [0, 1]}}))
+    out = tmp_path / "towers"
+    out.mkdir()
+    (out / WEIGHTS_FILE).write_bytes(b"earlier towers")
+    (out / "README.txt").write_text("not ours\n")
+    before = listing(out)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started although --out holds towers")
+
+    monkeypatch.setattr("clipvg.pretrain.cli.pretrain_towers", no_training)
+    assert main(["pretrain-towers", "--config", str(config), "--out", str(out), "--steps", "1"]) == 2
+    refusal_line(capsys.readouterr().err, "pretrain-towers", out / WEIGHTS_FILE)
+    assert listing(out) == before
 
 
 def test_cli_rejects_a_bad_config(tmp_path, capsys):
