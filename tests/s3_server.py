@@ -22,6 +22,11 @@ S3_ENV = {
 
 
 def free_port() -> int:
+    """A port that was free a moment ago: bound to 127.0.0.1:0, then released, so another
+    process may take it before the caller binds it. Callers retry on a bind error with a fresh
+    one (``RayHead.start`` and ``StaticCluster._start_worker`` retry a failed start on fresh
+    ports); where the tool takes port 0 and reports the one it bound, pass 0 instead
+    (:func:`start` does for moto)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -46,15 +51,19 @@ class S3Server:
 
 
 def start(monkeypatch_env) -> tuple[S3Server, object]:
-    """Start moto on a free loopback port and create a bucket; returns (handle, server)."""
+    """Start moto on a free loopback port and create a bucket; returns (handle, server).
+
+    Port 0: the server binds a free port itself and reports it (no window between choosing a
+    port and binding it, in which another process could take it; a bind error in moto's
+    thread would leave ``start()`` waiting forever)."""
     from moto.server import ThreadedMotoServer
     import boto3
 
     for k, v in S3_ENV.items():
         monkeypatch_env(k, v)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    _, port = server.get_host_and_port()
     endpoint = f"http://127.0.0.1:{port}"
     bucket = "clipvg-test"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)

@@ -5,13 +5,14 @@ Follows "How to use" of ``tests/fixtures/clipvg_official/README.md``: build from
 and one case at a time, <= 1e-5), patch and key-padding masks, token ids, losses (<= 1e-6),
 the GIoU matrix and the evaluation IoU / Acc@0.5. ``test_stages`` localises a mismatch.
 
-The main fixture directory is ``$CLIPVG_OFFICIAL_FIXTURE`` (default: the repo copy of ``tiny``);
-``<repo>/../shared/fixtures/clipvg_official/extra_text_heads8`` runs too when it exists. Nothing
-here is specific to one fixture.
+Both committed sets run in every clone: ``tiny`` (the main set; ``$CLIPVG_OFFICIAL_FIXTURE``
+replaces it) and ``extra_text_heads8`` (8 text heads, the set that exposes head-splitting
+mistakes). A missing set fails; nothing here skips. Nothing here is specific to one fixture.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,10 +33,11 @@ from clipvg.model.convert import (
 from clipvg.ops.boxes import cxcywh_to_xyxy, generalized_box_iou
 
 REPO = Path(__file__).resolve().parents[1]
-MAIN = Path(os.environ.get("CLIPVG_OFFICIAL_FIXTURE",
-                           REPO / "tests" / "fixtures" / "clipvg_official" / "tiny"))
-EXTRA = REPO.parent / "shared" / "fixtures" / "clipvg_official" / "extra_text_heads8"
-DIRS = [MAIN] + ([EXTRA] if EXTRA.is_dir() and EXTRA.resolve() != MAIN.resolve() else [])
+FIXTURES = REPO / "tests" / "fixtures" / "clipvg_official"
+MAIN = Path(os.environ.get("CLIPVG_OFFICIAL_FIXTURE", FIXTURES / "tiny"))
+EXTRA = FIXTURES / "extra_text_heads8"
+# Always both sets, whether or not they exist: a missing one fails in ``fx``.
+DIRS = [MAIN] + ([EXTRA] if EXTRA.resolve() != MAIN.resolve() else [])
 
 BOX_TOL, LOSS_TOL = 1e-5, 1e-6
 
@@ -45,6 +47,24 @@ def test_main_fixture_directory_exists():
     assert (MAIN / "config.json").is_file(), (
         f"official-parity fixture directory {MAIN} is missing; set CLIPVG_OFFICIAL_FIXTURE or "
         f"restore tests/fixtures/clipvg_official/tiny")
+
+
+def test_every_committed_fixture_matches_its_checksum():
+    """Every file ``SHA256SUMS`` names exists in the committed copy with that checksum (the
+    identical files of ``extra_text_heads8`` are links to ``tiny``'s, so they are checked too),
+    and both parity sets are collected: a clone without ``../shared`` runs the same cases.
+    Planted defects it catches: a deleted or truncated fixture file (e.g. removing
+    ``extra_text_heads8/official_state_dict.pt``), a broken link, or ``DIRS`` going back to
+    collecting the 8-head set only where some outside folder exists."""
+    lines = (FIXTURES / "SHA256SUMS").read_text().split("\n")
+    listed = [line.split(maxsplit=1) for line in lines if line.strip()]
+    assert len(listed) == 14
+    for digest, name in listed:
+        path = FIXTURES / name.strip()
+        assert path.is_file(), f"{path} is missing (restore it from SHA256SUMS' source)"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path}: wrong SHA256"
+    if "CLIPVG_OFFICIAL_FIXTURE" not in os.environ:
+        assert [d.name for d in DIRS] == ["tiny", "extra_text_heads8"]
 
 
 def _load(path: Path):

@@ -4,6 +4,7 @@ here; the suite is meant for a GPU machine (docs/benchmarks.md)."""
 
 import json
 
+import pytest
 import torch
 
 from clipvg.bench import gpu_suite
@@ -42,9 +43,12 @@ def test_a_case_whose_option_this_clipvg_lacks_is_skipped_by_name(tmp_path, monk
     assert current == {"case": "b2 current", "skipped": "--skip"}
 
 
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="checks the refusal on a machine without CUDA; this one has a GPU "
+                           "(tests/gpu/test_cuda_paths.py runs the suite on it)")
 def test_refuses_cuda_where_there_is_none(tmp_path, capsys):
-    if torch.cuda.is_available():
-        return
+    """Planted defect it catches: ``gpu_suite.main`` without its CUDA check (it would then
+    fail inside a case or write a report of errors instead of exiting 2 with one line)."""
     assert gpu_suite.main(["--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "gpu-suite.json").exists()

@@ -35,9 +35,25 @@ def worker_node_id() -> str | None:
     return None
 
 
-def kill_during_epoch_2(cluster: Cluster, run_dir: str, report: dict) -> None:
+# The killer gives up after this (the fixture's subprocess timeout is 600 s): a run whose
+# checkpoint never appears ends with a report saying so, instead of a thread polling until the
+# subprocess is killed.
+KILL_DEADLINE_S = 480.0
+
+
+def kill_during_epoch_2(cluster: Cluster, run_dir: str, report: dict, stop: threading.Event,
+                        deadline_s: float = KILL_DEADLINE_S) -> None:
+    """Remove the training worker's node once epoch 1's checkpoint is complete; give up (and
+    say why in ``report["killer"]``) when ``stop`` is set (training ended) or after
+    ``deadline_s`` seconds."""
+    deadline = time.monotonic() + deadline_s
     while not storage.exists(f"{run_dir}/checkpoint_epoch0001/{COMPLETE_MARKER}"):
-        time.sleep(0.1)
+        if stop.wait(0.1):
+            report["killer"] = "training ended before epoch 1's checkpoint was complete"
+            return
+        if time.monotonic() > deadline:
+            report["killer"] = f"no complete epoch-1 checkpoint after {deadline_s:.0f} s"
+            return
     node_id = worker_node_id()
     fs, path = storage.filesystem(run_dir)
     report["at_kill"] = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path) if "checkpoint_epoch" in p)
@@ -45,6 +61,7 @@ def kill_during_epoch_2(cluster: Cluster, run_dir: str, report: dict) -> None:
         if node.node_id == node_id:
             cluster.remove_node(node, allow_graceful=False)
             report["killed"] = node_id
+    report.setdefault("killer", "done" if "killed" in report else f"no worker node hosted {node_id}")
 
 
 def main(out: str, root: str, *overrides: str) -> None:
@@ -55,13 +72,21 @@ def main(out: str, root: str, *overrides: str) -> None:
     ray.init(address=cluster.address)
     report: dict = {}
     cfg = load_config(None, [f"storage.root={root}", *overrides])
-    killer = threading.Thread(target=kill_during_epoch_2, args=(cluster, cfg.run_dir, report))
+    stop = threading.Event()
+    # a daemon with a deadline: it can never keep this process alive past the training run
+    killer = threading.Thread(target=kill_during_epoch_2, args=(cluster, cfg.run_dir, report, stop),
+                              daemon=True)
     if not os.environ.get("CLIPVG_NO_NODE_LOSS"):
         killer.start()
     start = time.time()
-    report["history"] = trainer.train(cfg)
+    try:
+        report["history"] = trainer.train(cfg)
+    finally:
+        stop.set()
     if killer.is_alive():
-        killer.join()
+        killer.join(timeout=60)  # at most one node removal under way
+        if killer.is_alive():
+            report["killer"] = "still removing the node 60 s after training ended"
     report["seconds"] = time.time() - start
     with open(out, "w") as f:
         json.dump(report, f)

@@ -13,7 +13,7 @@ autoscaler's own log, for each cluster:
   read/decode/generate task on the data node, and none on the gpu-like node or the head;
 * on the autoscaling cluster: the autoscaler added a ``gpu_worker`` when the pipeline asked for
   the training resource, and removed it as idle after ``idle_timeout_minutes`` once the job was
-  done (both times measured).
+  done (both times recorded; only their order is asserted, never how long a step took).
 """
 
 from __future__ import annotations
@@ -66,6 +66,12 @@ def test_data_work_ran_on_the_data_node_only(pipeline_on_clusters, cluster):
 
 
 def test_the_autoscaler_added_a_gpu_worker_on_demand_and_removed_it_when_idle(pipeline_on_clusters, tmp_path):
+    """Times are recorded (``autoscaling.json``, printed) and only their order is asserted: no
+    bound on how fast a loaded 2-core machine starts or drains a node. Planted defects it
+    catches: a ``gpu_worker`` kept by ``min_workers: 1`` (added before the job asked: before
+    ``submitted`` / ``demand``), a node never removed (``gone``), one removed for another reason
+    than idleness, or before ``idle_timeout_minutes`` had run since its last work (e.g.
+    ``idle_timeout_minutes: 0``), model work placed on a node before it had joined."""
     job = pipeline_on_clusters["autoscaling"]
     events = autoscaler_events(job["monitor"])
     added = [t for t, e in events if e.startswith("Adding") and "type gpu_worker" in e]
@@ -74,9 +80,9 @@ def test_the_autoscaler_added_a_gpu_worker_on_demand_and_removed_it_when_idle(pi
     assert added and removed, events
     assert job["gone"], f"the gpu-like node was not removed: {events}"
     assert all(e.endswith("(idle).") for _, e in removed), removed
+    model_tasks = [t for t in job["tasks"] if t.node_id and role(nodes[t.node_id]) == "model"]
     # the gpu-like node's last piece of work (a task or actor call that ran there)
-    idle_since = max(t.end_time_ms for t in job["tasks"]
-                     if t.node_id and role(nodes[t.node_id]) == "model" and t.end_time_ms) / 1000
+    idle_since = max(t.end_time_ms for t in model_tasks if t.end_time_ms) / 1000
     record = {"demand_to_node_joined_s": round(watch.joins[0] - watch.demand, 1),
               "demand_to_launch_decision_s": round(added[0] - watch.demand, 1),
               "idle_to_removal_decision_s": round(removed[-1][0] - idle_since, 1),
@@ -89,10 +95,25 @@ def test_the_autoscaler_added_a_gpu_worker_on_demand_and_removed_it_when_idle(pi
     print(f"\nautoscaling rehearsal: {record}")
     assert watch.demand and watch.joins and len(watch.leaves) == len(watch.joins), \
         (watch.demand, watch.joins, watch.leaves, watch.errors[-3:])
-    assert watch.demand <= added[0] + 1 and watch.joins[0] - watch.demand <= 60, record  # added on demand
-    # removed as idle: once the timeout had run since its last work, and soon after. (With a
-    # 15 s timeout the node may also be removed between two stages and added again.)
-    assert IDLE_TIMEOUT_MIN * 60 - 2 <= watch.leaves[-1] - idle_since <= IDLE_TIMEOUT_MIN * 60 + 60, record
+    # added on demand: job submitted -> training resource asked for -> node joined (one
+    # clock, this machine's; the watch polls the GCS from this process), and the autoscaler
+    # launched it after the submission. (Its "Adding" line is written once the provider has
+    # created the node, at the next summary: it may come after the join, so it is not ordered
+    # against it.)
+    assert job["submitted"] <= watch.demand <= watch.joins[0], record
+    assert job["submitted"] <= added[0], record
+    # work ran on each gpu-like node only after that node had started
+    for node_id in {t.node_id for t in model_tasks}:
+        starts = [t.start_time_ms for t in model_tasks if t.node_id == node_id and t.start_time_ms]
+        if starts:
+            assert nodes[node_id].start_time_ms <= min(starts), (nodes[node_id], min(starts))
+    # removed as idle: decided after its last work, and it left only once the idle timeout had
+    # run since then (a lower bound: a slow machine makes it later, never earlier; 2 s for the
+    # autoscaler's sampling of node usage). With a 15 s timeout the node may also be removed
+    # between two stages and added again; the last join precedes the last leave.
+    assert idle_since <= removed[-1][0], record
+    assert watch.joins[-1] <= watch.leaves[-1], record
+    assert watch.leaves[-1] - idle_since >= IDLE_TIMEOUT_MIN * 60 - 2, record
 
 
 def test_the_static_cluster_kept_its_three_nodes(pipeline_on_clusters):

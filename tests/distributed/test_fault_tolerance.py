@@ -8,9 +8,12 @@ committed golden curve and its held-out accuracy. test_trainer.py checks the sam
 checkpoints, metrics and best model.
 """
 
+import importlib.util
 import json
 import math
 import os
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +25,7 @@ from tiny_train import GOLDEN
 @pytest.mark.skipif(bool(os.environ.get("CLIPVG_UPDATE_GOLDEN")), reason="the golden regeneration loses no node")
 def test_node_killed_in_epoch_2_resumes_from_checkpoint(golden_run_with_node_loss):
     report, run_dir, output = golden_run_with_node_loss
-    assert report.get("killed"), "no node hosted the training worker"
+    assert report.get("killed"), f"no node was removed: {report.get('killer')}"
     assert report["at_kill"] == ["checkpoint_epoch0001"], "the node was not lost during epoch 2"
     assert "resuming from" in output
 
@@ -40,3 +43,31 @@ def test_node_killed_in_epoch_2_resumes_from_checkpoint(golden_run_with_node_los
         assert r["loss"] == pytest.approx(want, rel=2e-3, abs=1e-4), f"step {step}"
     got, want, n = run["test"]["test"]["acc"], golden["test_acc"], run["test"]["test"]["total"]
     assert abs(got - want) <= 3 * math.sqrt(max(want * (1 - want), 0.05) / n)
+
+
+def _fault_run():
+    """tests/distributed/fault_run.py as a module (this folder is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location("clipvg_tests_fault_run", Path(__file__).with_name("fault_run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_killer_stops_when_training_ends_and_at_its_deadline(tmp_path):
+    """fault_run.py's killer (which waits for epoch 1's checkpoint) never outlives the run: it
+    returns, saying why, once training has ended or its deadline has passed, when no checkpoint
+    ever appears. Planted defect it catches: the former loop that polled for the checkpoint
+    with no stop event and no deadline (the thread is still alive here, and the node-loss
+    subprocess would hang until the fixture's 600 s timeout)."""
+    fault_run = _fault_run()
+    run_dir = str(tmp_path / "never-checkpointed")
+    for stop_now, deadline_s, why in ((True, 60.0, "training ended"), (False, 0.3, "no complete epoch-1")):
+        stop, report = threading.Event(), {}
+        if stop_now:
+            stop.set()
+        killer = threading.Thread(target=fault_run.kill_during_epoch_2, daemon=True,
+                                  args=(None, run_dir, report, stop, deadline_s))
+        killer.start()
+        killer.join(timeout=30)  # a hang-detector only: it returns in about 0.1 s / 0.4 s
+        assert not killer.is_alive(), why
+        assert report["killer"].startswith(why) and "killed" not in report, report

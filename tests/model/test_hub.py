@@ -35,12 +35,14 @@ OPENAI = ModelConfig(arch="ViT-B-16", pretrained="openai")
 LIMIT_S = 10.0  # issue 24: the answer comes within 10 s
 
 
-def closed_port_url() -> str:
-    """A loopback URL where nothing listens: a connection is refused at once."""
+@pytest.fixture
+def closed_port_url():
+    """A loopback URL where nothing listens: a connection is refused at once. The port stays
+    bound (not listening) for the whole test, so no other process can take it and answer
+    (a port bound, released and then used could be taken in between)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def put_in_cache(cache: Path, filename: str) -> Path:
@@ -56,12 +58,12 @@ def put_in_cache(cache: Path, filename: str) -> Path:
 
 
 @pytest.fixture
-def hub_env(tmp_path, monkeypatch):
+def hub_env(tmp_path, monkeypatch, closed_port_url):
     """An empty hub cache in tmp, offline unless a test says otherwise, the endpoint a closed
     loopback port; huggingface_hub's constants (read at its import) patched the same way."""
     cache = tmp_path / "hf" / "hub"
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hf_constants, "ENDPOINT", closed_port_url())
+    monkeypatch.setattr(hf_constants, "ENDPOINT", closed_port_url)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return cache
@@ -108,9 +110,9 @@ def test_uncached_weights_offline_are_one_line_at_once(command, tmp_path):
     assert trap.connections == 0  # offline: the hub was not asked
 
 
-def test_unreachable_hub_is_one_line_after_one_attempt(tmp_path):
+def test_unreachable_hub_is_one_line_after_one_attempt(tmp_path, closed_port_url):
     """Not offline by configuration, but the hub does not answer (here: a closed port)."""
-    endpoint = closed_port_url()
+    endpoint = closed_port_url
     proc, elapsed, root = run_command(tmp_path, "train-local", endpoint, offline=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

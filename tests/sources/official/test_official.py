@@ -29,13 +29,6 @@ from clipvg.sources.official.importer import (
 )
 from clipvg.sources.official.unpickler import UnsafePickleError, load_split_file
 
-try:  # clipvg.data.validate.ingest is written in parallel; the import tests need it
-    from clipvg.data.validate import ingest as _ingest  # noqa: F401
-    HAS_INGEST = True
-except ImportError:
-    HAS_INGEST = False
-needs_ingest = pytest.mark.skipif(not HAS_INGEST, reason="clipvg.data.validate.ingest missing")
-
 IMG_A, IMG_B = "COCO_train2014_000000000839.jpg", "COCO_train2014_000000000840.png"
 UNC_TRAIN = [  # ground-truth COCO entries: (image, aux_1, [x, y, w, h], expression, aux_2)
     (IMG_A, "482127.pth", [303.58, 69.03, 293.29, 425.79], "guy flopping around on the right",
@@ -380,7 +373,6 @@ def read(out, table, **so):
     return storage.read_table(storage.join(str(out), table), **so)
 
 
-@needs_ingest
 def test_import_unc_copy_validates_and_round_trips(tmp_path):
     split_root, image_root = unc_root(tmp_path)
     out = tmp_path / "unc_ds"
@@ -427,7 +419,6 @@ def test_import_unc_copy_validates_and_round_trips(tmp_path):
         assert_same_entries(load_split_file(path), expected, "unc")
 
 
-@needs_ingest
 @pytest.mark.parametrize("mode", ["pack", "reference"])
 def test_import_pack_and_reference(tmp_path, mode):
     split_root, image_root = unc_root(tmp_path)
@@ -446,7 +437,6 @@ def test_import_pack_and_reference(tmp_path, mode):
     assert not (out / "files").exists()
 
 
-@needs_ingest
 def test_import_referit_and_flickr_with_image_dir(tmp_path):
     root, pics = tmp_path / "splits", tmp_path / "pics"
     save(REFERIT_TEST, root / "referit" / "referit_test.pth", "legacy")
@@ -464,7 +454,6 @@ def test_import_referit_and_flickr_with_image_dir(tmp_path):
     assert load_split_file(path) == FLICKR_TEST
 
 
-@needs_ingest
 def test_import_refuses_unsafe_file_before_writing(tmp_path):
     split_root, image_root = unc_root(tmp_path)
     marker = tmp_path / "marker"
@@ -489,7 +478,6 @@ def test_import_argument_errors(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@needs_ingest
 def test_import_to_s3_and_export_from_s3(tmp_path, s3):
     split_root, image_root = unc_root(tmp_path)
     out = s3.uri("official")
@@ -505,7 +493,6 @@ def test_import_to_s3_and_export_from_s3(tmp_path, s3):
 
 
 # ------------------------------------------------------------------------------ CLI
-@needs_ingest
 def test_cli_import_and_export(tmp_path, capsys):
     split_root, image_root = unc_root(tmp_path)
     out = tmp_path / "cli_ds"
@@ -528,7 +515,6 @@ def test_cli_import_and_export(tmp_path, capsys):
     assert clean == 0 and "4 samples: 4 accepted, 0 quarantined" in capsys.readouterr().out
 
 
-@needs_ingest
 @pytest.mark.parametrize("mode", ["copy", "pack", "reference"])
 def test_quarantine_reasons_name_the_source_image(tmp_path, mode):
     split_root, image_root = unc_root(tmp_path)
