@@ -19,19 +19,40 @@ two for testA / testB.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import pyarrow.compute as pc
 import torch
 
+from clipvg.cli import main
+from clipvg.config import SynthConfig
 from clipvg.data import storage
 from clipvg.pseudo.generate import generate_for_images
+from clipvg.sources.synthetic.scenes import write_world
 
 KEY = "unc"
 IMAGE_FOLDER = Path("image_data/other/images/mscoco/images/train2014")
 PLACEHOLDER = "useless placeholder"
 SOURCES = ("template", "relation", "caption")
+
+
+def tiny_world(tmp: Path) -> str:
+    """The tests' tiny synthetic world (64 px, 24 / 6 / 6 images) with JPEG files, at tmp/world."""
+    world = str(tmp / "world")
+    write_world(world, SynthConfig(image_size=64, train_images=24, val_images=6, test_images=6),
+                seed=0, image_format="jpg")
+    return world
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    """``clipvg <argv>`` in this process: (exit status, what it printed)."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        rc = main(list(argv))
+    return rc, text.getvalue()
 
 
 def coco_name(k: int) -> str:

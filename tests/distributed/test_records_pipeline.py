@@ -15,18 +15,13 @@ RefCOCO), so the pseudo stages must leave exactly those images out. Planted defe
 
 from __future__ import annotations
 
-import contextlib
-import io
 
 import pyarrow.compute as pc
 import pytest
 
-from clipvg.cli import main
-from clipvg.config import SynthConfig
 from clipvg.data import storage
-from clipvg.sources.synthetic.scenes import write_world
 from tiny_train import TINY_TRAIN
-from world_release import KEY, write_real_records, write_release
+from world_release import KEY, cli, tiny_world, write_real_records, write_release
 
 PIPELINE = [
     *TINY_TRAIN, "train.epochs=1", "curriculum.launcher=in_process", "curriculum.scoring.actors=1",
@@ -40,13 +35,6 @@ DATASETS = {  # name -> (records formats, curriculum sources)
 }
 
 
-def cli(*argv: str) -> tuple[int, str]:
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        rc = main(list(argv))
-    return rc, text.getvalue()
-
-
 def records_args(fmt: str, files: dict) -> list[str]:
     return {"pseudoq-detections": ["--input", str(files["pseudoq"])],
             "coco-detections": ["--input", str(files["coco"]), "--annotations", str(files["instances"])],
@@ -57,9 +45,7 @@ def records_args(fmt: str, files: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("records")
-    world = str(tmp / "world")
-    write_world(world, SynthConfig(image_size=64, train_images=24, val_images=6, test_images=6),
-                seed=0, image_format="jpg")
+    world = tiny_world(tmp)
     release = write_release(world, tmp / "release")
     real = write_real_records(world, tmp / "real")
     val_images = {e[0] for e in release["splits"]["val"]}

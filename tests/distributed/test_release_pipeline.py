@@ -14,19 +14,14 @@ is exactly its source's entries that passed that step's threshold.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pyarrow.compute as pc
 import pytest
 import torch
 
-from clipvg.cli import main
-from clipvg.config import SynthConfig
 from clipvg.data import storage
-from clipvg.sources.synthetic.scenes import write_world
-from world_release import KEY, SOURCES, write_release
+from world_release import KEY, SOURCES, cli, tiny_world, write_release
 from tiny_train import TINY_TRAIN
 
 PIPELINE = [
@@ -39,13 +34,6 @@ PIPELINE = [
 ]
 
 
-def cli(*argv: str) -> tuple[int, str]:
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        rc = main(list(argv))
-    return rc, text.getvalue()
-
-
 def as_tuple(entry) -> tuple:
     """An official entry with its box as a tuple of floats (torch.load gives lists back)."""
     image, aux_1, box, text, aux_2 = entry
@@ -55,9 +43,7 @@ def as_tuple(entry) -> tuple:
 @pytest.fixture(scope="module")
 def release_run(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("release")
-    world = str(tmp / "world")
-    write_world(world, SynthConfig(image_size=64, train_images=24, val_images=6, test_images=6),
-                seed=0, image_format="jpg")
+    world = tiny_world(tmp)
     release = write_release(world, tmp / "release")
     ds, img = str(tmp / "unc"), str(tmp / "release" / "image_data")
     rc, out = cli("import-official", "--dataset", KEY, "--split-root", str(tmp / "release" / "unsup_multi_source"),
