@@ -46,15 +46,17 @@ def pseudo_sources(root: str, manifest: dict | None = None, **storage_options: A
     return {name: dict(entry) for name, entry in found.items() if name != UNION_SOURCE}
 
 
-def source_rows(root: str, name: str, **storage_options: Any) -> pa.Table:
+def source_rows(root: str, name: str, split: str | None = None, **storage_options: Any) -> pa.Table:
     """Every samples row of imported source ``name`` (all columns the samples table has, so
-    official files' ``box_raw`` / ``aux`` survive for an export), in table order. Raises
-    ``KeyError`` naming the sources there are when the dataset has no such source."""
-    sources = pseudo_sources(root, **storage_options)
-    if name not in sources:
-        raise KeyError(f"{root} has no imported pseudo-label source {name!r} "
-                       f"(imported: {', '.join(sorted(sources)) or 'none'})")
-    split = sources[name]["split"]
+    official files' ``box_raw`` / ``aux`` survive for an export), in table order. ``split``:
+    the source's split when the caller has its manifest entry (else read from the manifest).
+    Raises ``KeyError`` naming the sources there are when the dataset has no such source."""
+    if split is None:
+        sources = pseudo_sources(root, **storage_options)
+        if name not in sources:
+            raise KeyError(f"{root} has no imported pseudo-label source {name!r} "
+                           f"(imported: {', '.join(sorted(sources)) or 'none'})")
+        split = sources[name]["split"]
     expr = (pc.field("split") == split) & (pc.field("source") == name)
     return storage.read_table(storage.join(root, "samples"), filter=expr, **storage_options)
 

@@ -44,18 +44,17 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clipvg.config import Config, PoolEntry, check_launcher, load_config, to_dict
+from clipvg.config import Config, PoolEntry, check_launcher, to_dict
 from clipvg.curriculum import schedulers
 from clipvg.curriculum.manifest import StageManifests, stage_key
 from clipvg.curriculum.selection import subset_sizes
 from clipvg.data import storage
 from clipvg.data.pseudo_sources import pseudo_sources, source_rows
 from clipvg.data.schema import SAMPLES, validate_table
-from clipvg.distributed.local_ray import init_ray, joins_cluster
+from clipvg.distributed.local_ray import init_ray
 from clipvg.distributed.pseudo_stage import generate_source
 from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator, search_orders
 from clipvg.errors import InterruptedRun, UserError
-from clipvg.model.hub import ensure_pretrained
 
 log = logging.getLogger("clipvg.pipeline")
 
@@ -273,11 +272,11 @@ class Pipeline:
         dataset's imported rows of that source as they are (extra columns such as the official
         ``box_raw`` / ``aux`` kept, for ``export-official --run``), else generated from the
         dataset's record tables."""
-        out, world = self.uri("pseudo", source), self.outputs["world"]["uri"]
-        if self.imported(source) is not None:
-            rows = source_rows(world, source, **self.options)
+        out, world, imported = self.uri("pseudo", source), self.outputs["world"]["uri"], self.imported(source)
+        if imported is not None:
+            rows = source_rows(world, source, imported["split"], **self.options)
             storage.write_table(validate_table(rows, SAMPLES, where=out), out, **self.options)
-            return {"uri": out, "rows": rows.num_rows, "imported": self.imported(source)}
+            return {"uri": out, "rows": rows.num_rows, "imported": imported}
         made = generate_source(world, source, out, seed=self.cfg.data.seed,
                                options=self.cfg.curriculum.generators.get(source, {}),
                                exclude_splits=(self.cfg.data.val_split, *self.cfg.data.test_splits),
@@ -407,13 +406,9 @@ def _step(step: schedulers.MsaStep) -> dict:
             "curve": _curve(step.search), "chosen": _outcome(step.search.chosen)}
 
 
-def run(args) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
-    cfg = load_config(args.config, args.overrides, launcher="pipeline")
-    # hub weights: cached, fetched once for this machine's workers, or one line now (before Ray)
-    ensure_pretrained(cfg.model, fetch=not joins_cluster(args.address))
-
+def run_pipeline(cfg: Config, args) -> int:
+    """``clipvg pipeline`` after its command line (:mod:`clipvg.distributed.pipeline_cli`)
+    loaded ``cfg`` and checked its hub weights: Ray, the stages, the summary."""
     # Ctrl-C stops the pipeline at once (a rerun continues it). Tune's own handler would end
     # the running search early and hand back unfinished trials as if the search were done.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")

@@ -3,17 +3,17 @@
 The config is loaded and the hub weights of ``model.pretrained`` checked
 (:func:`clipvg.model.hub.ensure_pretrained`) before the pipeline is imported (it loads pyarrow,
 pandas, the curriculum and Ray Tune's side, seconds on a loaded machine) and before Ray starts:
-bad input is answered first, in about a second. :func:`clipvg.distributed.pipeline.run` then
-does the rest (and checks again, for callers that reach it directly); this module owns the arguments.
+bad input is answered first, in about a second. :func:`clipvg.distributed.pipeline.run_pipeline` then
+does the rest; this module owns the arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from clipvg.config import load_config
 from clipvg.distributed.local_ray import add_ray_arguments, joins_cluster
-from clipvg.model.hub import ensure_pretrained
+from clipvg.model.hub import load_checked_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    cfg = load_config(args.config, args.overrides, launcher="pipeline")
-    ensure_pretrained(cfg.model, fetch=not joins_cluster(args.address))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
+    # hub weights: cached, fetched once for this machine's workers, or one line now (before Ray)
+    cfg = load_checked_config(args.config, args.overrides, launcher="pipeline",
+                              fetch=not joins_cluster(args.address))
     # deferred: the pipeline loads pyarrow, pandas and the curriculum (seconds); checks come first
     from clipvg.distributed import pipeline
 
-    return pipeline.run(args)
+    return pipeline.run_pipeline(cfg, args)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from clipvg.config import load_config
 from clipvg.distributed.local_ray import add_ray_arguments, init_ray, joins_cluster
-from clipvg.model.hub import ensure_pretrained
+from clipvg.model.hub import load_checked_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
-    cfg = load_config(args.config, args.overrides, launcher="ray_train")
     # hub weights: cached, fetched once for this machine's workers, or one line now (before Ray)
-    ensure_pretrained(cfg.model, fetch=not joins_cluster(args.address))
+    cfg = load_checked_config(args.config, args.overrides, launcher="ray_train",
+                              fetch=not joins_cluster(args.address))
     # deferred: the trainer loads pyarrow, pandas and the curriculum (seconds); checks come first
     from clipvg.distributed.trainer import train
 

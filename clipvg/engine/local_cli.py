@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from clipvg.config import load_config
-from clipvg.model.hub import ensure_pretrained
+from clipvg.model.hub import load_checked_config
 
 
 def add_arguments(parser) -> None:
@@ -24,8 +23,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("clipvg").setLevel(logging.INFO)  # not botocore's "Found credentials..."
-    cfg = load_config(args.config, args.overrides, launcher="train-local")
-    ensure_pretrained(cfg.model)
+    cfg = load_checked_config(args.config, args.overrides, launcher="train-local")
     # deferred: the loop loads torch and open_clip (15-25 s); the checks above answer first
     from clipvg.engine.control import fmt_acc
     from clipvg.engine.local import fmt_types, train_local

@@ -38,7 +38,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.file_download import repo_folder_name
 
-from clipvg.config import ModelConfig
+from clipvg.config import Config, ModelConfig, load_config
 from clipvg.errors import UserError
 
 # Where open_clip's ``download_pretrained_from_url`` keeps ``url`` weights (its default).
@@ -175,6 +175,19 @@ def go_offline() -> None:
     hf_constants.HF_HUB_OFFLINE = True
 
 
+# (arch, tag, hub cache) -> the cached file found: a process asks once (train-local's command line, then
+# its loop; a search trial's every training), not once per call
+_FOUND: dict[tuple[str, str], str] = {}
+
+
+def load_checked_config(path: str | None, overrides: list[str], *, launcher: str, fetch: bool = True) -> Config:
+    """A command's config (:func:`clipvg.config.load_config`) with ``model.pretrained``'s hub
+    weights checked (:func:`ensure_pretrained`): bad input answered before any heavy import."""
+    cfg = load_config(path, overrides, launcher=launcher)
+    ensure_pretrained(cfg.model, fetch=fetch)
+    return cfg
+
+
 def ensure_pretrained(model: ModelConfig, *, fetch: bool = True) -> str | None:
     """Make sure ``model.pretrained``'s weights can be loaded on this machine; returns the cached
     file (None without ``model.pretrained``, or when left to another machine's cache).
@@ -184,6 +197,9 @@ def ensure_pretrained(model: ModelConfig, *, fetch: bool = True) -> str | None:
     when they are not cached and cannot be downloaded."""
     if not model.pretrained:
         return None
+    key = (str(model.arch), str(model.pretrained), str(hf_constants.HF_HUB_CACHE))
+    if key in _FOUND and os.path.isfile(_FOUND[key]):
+        return _FOUND[key]
     source = pretrained_source(model)
     found = cached_file(source)
     if source.file is not None:
@@ -198,6 +214,7 @@ def ensure_pretrained(model: ModelConfig, *, fetch: bool = True) -> str | None:
     if found is not None:
         if why is not None and not offline():
             go_offline()  # load from the cache; asking the hub again would only retry
+        _FOUND[key] = found
         return found
     if why is not None:
         raise HubWeightsError(
@@ -206,7 +223,8 @@ def ensure_pretrained(model: ModelConfig, *, fetch: bool = True) -> str | None:
             f"weights file instead: model.weights=PATH model.pretrained=null")
     if not fetch:
         return None
-    return _download(source)
+    _FOUND[key] = _download(source)
+    return _FOUND[key]
 
 
 def _download(source: PretrainedSource) -> str:

@@ -116,6 +116,11 @@ def test_exported_msa_files_follow_its_order_and_thresholds(release_run):
 
 
 def test_evaluate_on_testA_and_testB(release_run):
-    metrics = json.loads((release_run["tmp"] / "eval" / "metrics.json").read_text())
-    text = json.dumps(metrics)
-    assert "testA" in text and "testB" in text
+    """Every entry of the release's testA and testB files evaluated, none failed (planted
+    defect: evaluate reading one split, or the import dropping test rows)."""
+    splits = json.loads((release_run["tmp"] / "eval" / "metrics.json").read_text())["splits"]
+    assert set(splits) == {"testA", "testB"}
+    for split, entries in release_run["release"]["splits"].items():
+        if split in splits:
+            assert splits[split]["rows"] == splits[split]["total"] == len(entries) > 0, split
+            assert splits[split]["failed"] == 0 and splits[split]["acc"] is not None

@@ -155,6 +155,18 @@ def test_cached_weights_pass(hub_env):
     assert ensure_pretrained(OPENAI) == str(path)
 
 
+def test_a_process_checks_once(hub_env, monkeypatch):
+    """train-local's command line checks, then its loop (and a search trial every training):
+    the hub is asked once per process (planted defect: no memo, a probe per call)."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    probes = []
+    monkeypatch.setattr(hub, "unreachable", lambda url: probes.append(url))  # None: it answers
+    path = put_in_cache(hub_env, "open_clip_model.safetensors")
+    assert ensure_pretrained(OPENAI) == ensure_pretrained(OPENAI) == str(path)
+    assert len(probes) == 1
+
+
 def test_cached_pickle_passes_too(hub_env):
     """open_clip falls back to the .bin when the .safetensors is not there."""
     path = put_in_cache(hub_env, "open_clip_pytorch_model.bin")

@@ -42,11 +42,15 @@ def read_json(uri: str, **storage_options: Any) -> Any:
                            f"{e.msg})") from None
 
 
-def _text(uri: str, **storage_options: Any) -> str:
+def _read(uri: str, **storage_options: Any) -> bytes:
     try:
-        data = storage.read_bytes(uri, **storage_options)
+        return storage.read_bytes(uri, **storage_options)
     except FileNotFoundError:
         raise RecordsError(f"{uri}: no such file") from None
+
+
+def _text(uri: str, **storage_options: Any) -> str:
+    data = _read(uri, **storage_options)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -76,10 +80,7 @@ def read_jsonl(uri: str, **storage_options: Any) -> Iterator[tuple[str, Any]]:
 
 def read_pth(uri: str, **storage_options: Any) -> Any:
     """The object of a ``torch.save`` / pickle file, read without running code (:mod:`.pth`)."""
-    try:
-        data = storage.read_bytes(uri, **storage_options)
-    except FileNotFoundError:
-        raise RecordsError(f"{uri}: no such file") from None
+    data = _read(uri, **storage_options)
     try:
         return loads_pth(data, str(uri))
     except UnsafePickleError as e:
