@@ -1,6 +1,9 @@
 """``clipvg predict``: ground one expression in one image with a trained checkpoint.
 
 Prints the box in pixels of the original image (``x0 y0 x1 y1``) and optionally draws it.
+``--checkpoint`` (a model folder or a run folder with ``best/``) and ``--image`` may be local
+paths or storage URIs (``s3://...``, reached at ``--endpoint-url`` when given); ``--out`` is a
+local file.
 
 A text longer than the checkpoint's context is cut to what fits, as training and evaluation
 cut it (``data.text_overflow=truncate``, the default), and a warning on stderr says how many BPE
@@ -9,8 +12,10 @@ tokens were dropped: the answer is then about the kept prefix, which the user ha
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from clipvg.config import ModelConfig
+from clipvg.data import storage
 from clipvg.data.text import EmptyTextError, TextTooLongError, bpe_ids, prepare_text, tokenize
 from clipvg.data.transforms import canvas_to_image_box, eval_transform
 from clipvg.errors import UserError
@@ -68,15 +74,21 @@ def predict_box(model: torch.nn.Module, model_cfg: ModelConfig, image: Image.Ima
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="folder with model.safetensors + model_config.json")
-    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument("--checkpoint", required=True,
+                        help="model folder (model.safetensors + model_config.json) or run folder "
+                             "(its best/); a local path or a storage URI")
+    parser.add_argument("--image", required=True, help="image file (a local path or a storage URI)")
     parser.add_argument("--text", required=True, help="referring expression")
     parser.add_argument("--out", help="write the image with the predicted box drawn (PNG/JPEG)")
     parser.add_argument("--json", action="store_true", help="print the box as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--endpoint-url",
+                        help="S3-compatible endpoint for s3:// URIs (default: AWS_ENDPOINT_URL, else AWS)")
 
 
-def check_out_path(out: str) -> None:
-    """``--out`` must name an image format PIL can write (checked before any work)."""
+def check_out_path(out: str, overwrite: bool = False) -> None:
+    """``--out`` must name an image format PIL can write, in a folder that exists, and no file
+    that is there already (the input image, say) unless ``overwrite`` (checked before any work)."""
     Image.init()
     ext = Path(out).suffix.lower()
     fmt = Image.registered_extensions().get(ext)
@@ -85,24 +97,61 @@ def check_out_path(out: str) -> None:
                         "use .png or .jpg")
     if not Path(out).parent.is_dir():
         raise UserError(f"--out {out}: folder {Path(out).parent} does not exist")
+    storage.refuse_existing(out, overwrite=overwrite)
+
+
+def read_image(image: str, **storage_options) -> Image.Image:
+    """The image at a local path or storage URI, decoded (a corrupt file: one-line UserError)."""
+    try:
+        if storage.is_uri(image):
+            storage.check_access(image, **storage_options)
+            source = io.BytesIO(storage.read_bytes(image, **storage_options))
+        else:
+            source = image
+        loaded = Image.open(source)
+        loaded.load()
+    except FileNotFoundError:
+        raise UserError(f"cannot read image {image}: no such file") from None
+    except (OSError, UnidentifiedImageError) as err:
+        raise UserError(f"cannot read image {image}: {err}") from None
+    return loaded
+
+
+def fetch_checkpoint(checkpoint: str, into: str, **storage_options) -> str:
+    """A local model folder for ``checkpoint``: itself when local, else the model folder (the
+    URI or its ``best/``) copied into ``into``."""
+    if not storage.is_uri(checkpoint):
+        folder = Path(checkpoint)
+        if not folder.is_dir():
+            raise UserError(f"checkpoint folder {checkpoint} does not exist")
+        if not (folder / "model_config.json").exists() and (folder / "best").is_dir():
+            folder = folder / "best"  # a run folder
+        return str(folder)
+    # deferred: loads pyarrow; paid only for a checkpoint on storage
+    from clipvg.distributed.evaluate import resolve_checkpoint
+
+    storage.check_access(checkpoint, **storage_options)
+    folder, _ = resolve_checkpoint(checkpoint, **storage_options)
+    storage.download_folder(folder, into, **storage_options)
+    return into
 
 
 def run(args) -> int:
     if not args.text.strip():
         raise UserError("--text is empty: give the expression to ground")
     if args.out:
-        check_out_path(args.out)
-    try:
-        image = Image.open(args.image)
-        image.load()
-    except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"cannot read image {args.image}: {err}") from None
-    if not Path(args.checkpoint).is_dir():
-        raise UserError(f"checkpoint folder {args.checkpoint} does not exist")
+        check_out_path(args.out, args.overwrite)
+    options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    image = read_image(args.image, **options)
+    with tempfile.TemporaryDirectory(prefix="clipvg-predict-") as tmp:
+        return _predict_and_report(args, image, fetch_checkpoint(args.checkpoint, tmp, **options))
+
+
+def _predict_and_report(args, image: Image.Image, checkpoint: str) -> int:
     # deferred: loads matplotlib; paid only when this runs, not on import
     from clipvg.viz import draw_boxes
 
-    model = load_model(args.checkpoint)
+    model = load_model(checkpoint)
     result = predict(model, model.config, image, args.text)
     box = result.box
     if result.dropped_tokens:

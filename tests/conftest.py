@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from s3_server import S3Server, start as start_s3
+from storage_trap import Trap
 
 torch.set_num_threads(1)
 
@@ -74,8 +75,12 @@ def official_cases() -> dict:
 def s3() -> S3Server:
     """moto's S3 server on 127.0.0.1 (free port) with a bucket; stopped after the session.
 
-    The dummy AWS variables (and ``AWS_ENDPOINT_URL``) are set in this process for the whole
-    session, so boto-based clients and Ray workers started afterwards reach only this server.
+    Only code that is *given* the endpoint reaches it: ``AWS_ENDPOINT_URL`` - where every S3
+    client goes when it is not given one - points at a trap for the whole session
+    (``s3.trap``, tests/storage_trap.py), in this process and in every Ray started after this
+    fixture (``ray_local``, the ``ray start`` heads and clusters, the jobs they run). So a
+    driver, Ray Data task, Train worker or Tune trial that drops ``storage.endpoint_url`` fails
+    its test (``no_default_endpoint``) instead of reaching moto through the environment.
     """
     saved = {}
 
@@ -84,10 +89,15 @@ def s3() -> S3Server:
         os.environ[key] = value
 
     handle, server = start_s3(setenv)
-    setenv("AWS_ENDPOINT_URL", handle.endpoint_url)
+    handle.trap = Trap()
+    setenv("AWS_ENDPOINT_URL", handle.trap.url)
+    global _SESSION_TRAP
+    _SESSION_TRAP = handle.trap
     try:
         yield handle
     finally:
+        _SESSION_TRAP = None
+        handle.trap.close()
         server.stop()
         for key, value in saved.items():
             if value is None:
@@ -96,10 +106,28 @@ def s3() -> S3Server:
                 os.environ[key] = value
 
 
+_SESSION_TRAP: Trap | None = None  # the s3 fixture's trap, once a test has started it
+
+
+@pytest.fixture(autouse=True)
+def no_default_endpoint():
+    """Every test fails when something - this process, a Ray worker, a job - connected to the
+    session's ``AWS_ENDPOINT_URL`` trap while it ran: that client ignored ``storage.endpoint_url``.
+    (Connections that a lingering Ray worker makes later are charged to the test then running:
+    still a failure, and its message says where to look.)"""
+    before = _SESSION_TRAP.connections if _SESSION_TRAP is not None else 0
+    yield
+    if _SESSION_TRAP is not None and _SESSION_TRAP.connections > before:
+        pytest.fail(f"{_SESSION_TRAP.connections - before} connection(s) to AWS_ENDPOINT_URL "
+                    f"({_SESSION_TRAP.url}, a trap): an S3 client in this process or a Ray worker "
+                    "ignored storage.endpoint_url / --endpoint-url", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3, short_tmp):
     """The session's one local Ray (start-up costs seconds), for tests/distributed/ and
-    tests/bench/; started after ``s3``, so its workers inherit the loopback S3 endpoint."""
+    tests/bench/; started after ``s3``, so its workers inherit the trap as ``AWS_ENDPOINT_URL``
+    and reach moto only through the endpoint they are given."""
     import ray
 
     temp = short_tmp / "ray"

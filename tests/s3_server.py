@@ -1,9 +1,9 @@
 """A real S3 API server on loopback for tests: moto's threaded server, one per test session.
 
 Nothing but 127.0.0.1 is contacted. The dummy credentials and ``AWS_EC2_METADATA_DISABLED``
-keep botocore from probing the instance-metadata address; ``AWS_ENDPOINT_URL`` points every
-S3 client that honours it (botocore, s3fs, pyarrow, Ray workers started after it is set) at
-this server.
+keep botocore from probing the instance-metadata address. The endpoint reaches code only as
+an argument (``storage.endpoint_url``, ``--endpoint-url``): the ``s3`` fixture (tests/conftest.py)
+points ``AWS_ENDPOINT_URL`` at a trap.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class S3Server:
 
     endpoint_url: str
     bucket: str
-    env: dict = field(default_factory=dict)  # the variables a subprocess / Ray worker needs
+    env: dict = field(default_factory=dict)  # the credentials a subprocess / Ray worker needs
+    trap: object = None  # tests/storage_trap.Trap behind AWS_ENDPOINT_URL (the s3 fixture sets it)
 
     @property
     def options(self) -> dict:
@@ -67,5 +68,4 @@ def start(monkeypatch_env) -> tuple[S3Server, object]:
     endpoint = f"http://127.0.0.1:{port}"
     bucket = "clipvg-test"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    env = dict(S3_ENV, AWS_ENDPOINT_URL=endpoint)
-    return S3Server(endpoint, bucket, env), server
+    return S3Server(endpoint, bucket, dict(S3_ENV)), server

@@ -142,3 +142,51 @@ def test_predict_says_how_many_tokens_a_long_text_lost(predict_setup, capsys):
     assert json.loads(captured.out)["dropped_tokens"] == 25
     assert run("--text", "the red circle") == 0
     assert capsys.readouterr().err == ""  # nothing to say when the text fits
+
+
+# ------------------------------------------------------------------------------ storage URIs, --out
+def test_predict_reads_checkpoint_and_image_from_s3(predict_setup, s3, tmp_path, capsys):
+    """The run folder and the image on S3, the endpoint given by --endpoint-url only
+    (``AWS_ENDPOINT_URL`` is the session's trap, checked by ``no_default_endpoint``): the same
+    box as from the local files. Fails if predict drops the endpoint (planted: the trap counts
+    the connection and the test fails) or reads another checkpoint than the run's best/."""
+    from clipvg.data import storage
+
+    run, folder = predict_setup
+    assert run("--text", "the red circle") == 0
+    local_box = capsys.readouterr().out.split()
+    runs = s3.uri("predict-run")
+    storage.upload_folder(folder, f"{runs}/best", **s3.options)
+    storage.write_bytes((tmp_path / "img.png").read_bytes(), f"{runs}/img.png", **s3.options)
+    from clipvg.cli import main
+
+    rc = main(["predict", "--checkpoint", runs, "--image", f"{runs}/img.png", "--text", "the red circle",
+               "--endpoint-url", s3.endpoint_url])
+    assert rc == 0
+    assert capsys.readouterr().out.split() == local_box
+
+
+def test_predict_names_an_unreachable_endpoint_in_one_line(predict_setup, s3, capsys):
+    """A wrong --endpoint-url (a closed loopback port): exit 2 and one line naming that
+    endpoint, nothing sent anywhere else (the session trap stays silent)."""
+    from clipvg.cli import main
+    from s3_server import free_port
+
+    wrong = f"http://127.0.0.1:{free_port()}"
+    rc = main(["predict", "--checkpoint", s3.uri("nothing"), "--image", f"{s3.uri('nothing')}/img.png",
+               "--text", "x", "--endpoint-url", wrong])
+    assert rc == 2
+    assert f"cannot reach the S3 endpoint {wrong}" in one_line(capsys.readouterr().err)
+
+
+def test_predict_refuses_to_overwrite_an_existing_out(predict_setup, capsys, tmp_path):
+    """--out naming an existing file (here the input image itself) is refused before any work
+    and the file is unchanged; --overwrite replaces it."""
+    run, _ = predict_setup
+    image = tmp_path / "img.png"
+    before = image.read_bytes()
+    assert run("--text", "the red circle", "--out", str(image)) == 2
+    assert "--overwrite" in one_line(capsys.readouterr().err)
+    assert image.read_bytes() == before
+    assert run("--text", "the red circle", "--out", str(image), "--overwrite") == 0
+    assert image.read_bytes() != before
