@@ -196,3 +196,35 @@ def test_overrides_may_come_before_or_after_flags(command):
     assert cli.main(["boom", "a=1", "--until", "world", "b=2", "--overwrite", "c=3"]) == 0
     assert cli.main(["boom", "--overwrite", "--until", "world", "a=1", "b=2", "c=3"]) == 0
     assert seen[0] == seen[1] == ("world", True, ["a=1", "b=2", "c=3"])
+
+
+def _wrong_endpoint_commands(s3, wrong: str) -> dict:
+    """Each storage-touching Ray command with its inputs and outputs on S3 and ``wrong`` as the
+    endpoint (argument or ``storage.endpoint_url``)."""
+    run = s3.uri("wrong-endpoint")
+    return {
+        "evaluate": ["evaluate", "--checkpoint", f"{run}/model", "--data", f"{run}/data", "--splits", "val",
+                     "--out", f"{run}/eval", "--endpoint-url", wrong],
+        "score": ["score", "--model", f"{run}/model", "--samples", f"{run}/samples", "--out", f"{run}/scores",
+                  f"storage.root={run}", f"storage.endpoint_url={wrong}"],
+        "pipeline": ["pipeline", f"storage.root={run}", f"storage.endpoint_url={wrong}"],
+        "predict": ["predict", "--checkpoint", f"{run}/model", "--image", f"{run}/img.png", "--text", "x",
+                    "--endpoint-url", wrong],
+    }
+
+
+@pytest.mark.parametrize("name", ["evaluate", "score", "pipeline", "predict"])
+def test_a_wrong_endpoint_is_one_line_naming_it_before_any_work(s3, name, capsys, monkeypatch):
+    """A wrong endpoint (a closed loopback port) given to a command whose data is on S3: exit 2,
+    one line naming that endpoint, no Ray started, and nothing sent anywhere else (the session's
+    AWS_ENDPOINT_URL trap stays silent: ``no_default_endpoint``). Planted: a command that checks
+    its storage with the environment's endpoint instead of the given one reaches the trap."""
+    import ray
+    from s3_server import free_port
+
+    monkeypatch.delenv("CLIPVG_DEBUG", raising=False)
+    wrong = f"http://127.0.0.1:{free_port()}"
+    assert cli.main(_wrong_endpoint_commands(s3, wrong)[name]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"clipvg {name}: ") and wrong in line, line
+    assert not ray.is_initialized()

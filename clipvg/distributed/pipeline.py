@@ -412,6 +412,8 @@ def run_pipeline(cfg: Config, args) -> int:
     # Ctrl-C stops the pipeline at once (a rerun continues it). Tune's own handler would end
     # the running search early and hand back unfinished trials as if the search were done.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # a wrong endpoint or bucket: one line now, before Ray's start-up (seconds)
+    storage.check_access(cfg.storage.root, cfg.data.uri, **storage.options_from_config(cfg.storage))
     init_ray(args.address, args.num_cpus, dashboard=True)  # Tune's nested trainers need it
     start = time.perf_counter()
     pipeline = Pipeline(cfg, until=args.until, overwrite=args.overwrite)
