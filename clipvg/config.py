@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -412,7 +413,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from None
-        raw = _yaml(text, str(path)) or {}
+        raw = _yaml(text, str(path))
+        if raw is None:  # an empty file would silently mean the full official recipe
+            raise ConfigError(f"config file {path} is empty: leave out --config to run with the "
+                              "built-in defaults (the official recipe), or put sections in it")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides or []:
@@ -533,6 +537,9 @@ def _custom_resources(v: dict) -> bool:
 # Value ranges that types alone cannot express: (section class, field) -> (check, message)
 _RULES: dict[tuple[type, str], tuple[Any, str]] = {
     (SynthConfig, "min_objects"): (lambda v: v >= 1, "must be >= 1"),
+    (SynthConfig, "train_images"): (lambda v: v >= 1, "must be >= 1"),
+    (SynthConfig, "val_images"): (lambda v: v >= 1, "must be >= 1 (model selection needs the val split)"),
+    (SynthConfig, "test_images"): (lambda v: v >= 1, "must be >= 1"),
     (SynthConfig, "image_size"): (lambda v: v >= 32, "must be >= 32"),
     (TrainConfig, "epochs"): (lambda v: v >= 1, "must be >= 1"),
     (TrainConfig, "batch_size"): (lambda v: v >= 1, "must be >= 1"),
@@ -663,6 +670,9 @@ def _check_taps(model: ModelConfig, where: str) -> None:
 
 def _check_values(obj: Any, where: str) -> None:
     for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):  # .inf passes "> 0"
+            raise ConfigError(f"{_join(where, f.name)}: {value!r} must be a finite number")
         rule = _RULES.get((type(obj), f.name))
         if rule and not rule[0](getattr(obj, f.name)):
             raise ConfigError(f"{_join(where, f.name)}: {getattr(obj, f.name)!r} {rule[1]}")

@@ -52,11 +52,27 @@ def test_int_is_accepted_for_float_but_not_bool_for_int():
         ("scaling.model_resources={GPU: 1}", "scaling.model_resources: .* custom resource names"),
         ("scaling.data_resources={clipvg_data: 0}", "scaling.data_resources: .* amounts > 0"),
         ("scaling.data_resources=[clipvg_data]", "scaling.data_resources: expected a mapping"),
+        # issue 26: passed the checks and failed deep in the run (FloatingPointError, KeyError)
+        ("train.lr=.inf", "train.lr: inf must be a finite number"),
+        ("train.weight_decay=.nan", "train.weight_decay: nan must be a finite number"),
+        ("data.synth.val_images=0", "data.synth.val_images: 0 must be >= 1"),
+        ("data.synth.val_images=-5", "data.synth.val_images: -5 must be >= 1"),
+        ("data.synth.test_images=0", "data.synth.test_images: 0 must be >= 1"),
+        ("data.synth.train_images=0", "data.synth.train_images: 0 must be >= 1"),
     ],
 )
 def test_bad_input_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# nothing set yet\n"])
+def test_an_empty_config_file_is_refused_saying_how_to_get_the_defaults(tmp_path, text):
+    """An empty file used to mean the full official recipe (110 epochs, a 2,000-image world)."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"run.yaml is empty: leave out --config .* defaults"):
+        load_config(path)
 
 
 def test_yaml_top_level_must_be_a_mapping(tmp_path):
