@@ -235,7 +235,6 @@ def train_local(cfg: Config, progress: bool = True, *, overwrite: bool = False,
 def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options: dict) -> TrainHistory:
     local = folder.local
     local.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, storage.join(cfg.run_dir, "config.yaml"), **options)
     seed_everything(cfg.train.seed)
     data_uri = ensure_dataset(cfg)
 
@@ -255,6 +254,9 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
         log.info("resuming %s from last/: epoch %d done, step %d, best val Acc@0.5 %.4f (epoch %d)%s",
                  cfg.run_dir, state.epoch, state.global_step, state.best_acc, state.best_epoch,
                  "" if exact else " (no random-generator states saved: data order differs)")
+    # written once the checkpoint has fitted this config: a refused resume (another model, say)
+    # leaves the run's config.yaml describing its own best/ and last/
+    save_config(cfg, storage.join(cfg.run_dir, "config.yaml"), **options)
     history = TrainHistory(run_dir=cfg.run_dir if folder.remote else str(local),
                            epochs=list(state.history), best_acc=state.best_acc, best_epoch=state.best_epoch)
     run_log = RunLog(cfg.run_dir, local, options, resume_step=state.global_step if resume else None,

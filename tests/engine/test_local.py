@@ -16,6 +16,7 @@ from clipvg.engine.run_log import read_metrics
 from clipvg.errors import UserError
 from clipvg.model import load_model
 from interrupts import interrupted
+from listing import listing
 from storage_trap import keys, mangled_paths, trap
 
 
@@ -125,6 +126,19 @@ def test_resume_needs_a_checkpoint_and_ctrl_c_in_epoch_one_keeps_nothing(tiny_ru
     monkeypatch.setattr(local, "train_step", Interrupt(at=1))
     assert re.fullmatch(r"interrupted at epoch 1 step 0; kept: nothing to resume in .*/t \(no epoch "
                         r"finished; a rerun starts over\)", interrupted(train_local, tiny_run(), progress=False))
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(tiny_run, tmp_path):
+    """Resuming with a model that does not fit the checkpoint (another fusion depth) is refused
+    in one line and changes nothing in the run folder, config.yaml included: the run still
+    describes its own best/ and last/. Planted: config.yaml written before the checkpoint is
+    read (as it was) rewrites it with the refused config."""
+    train_local(tiny_run("train.epochs=1"), progress=False)
+    before = listing(tmp_path / "t")
+    with pytest.raises(Exception) as refused:
+        train_local(tiny_run("train.epochs=2", "train.resume=true", "model.fusion.layers=2"), progress=False)
+    assert "\n" not in str(refused.value) and "Traceback" not in str(refused.value)
+    assert listing(tmp_path / "t") == before
 
 
 def test_s3_run_goes_only_to_the_bucket_and_resumes_there(s3, tiny_run, tmp_path, monkeypatch):
