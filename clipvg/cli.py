@@ -13,6 +13,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -101,6 +102,22 @@ def connection_error_line(err: BaseException) -> str | None:
     return None
 
 
+# What the file system says about a place the user named (storage.root, --out): no code is wrong
+_PLACE_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC,
+                 errno.EDQUOT}
+
+
+def file_system_error_line(err: BaseException) -> str | None:
+    """One line when ``err`` is (or was caused by) an OSError about a local place the user
+    chose - a file where a folder belongs, a read-only or full disk, no permission -; None for
+    anything else."""
+    for e in _chain(err):
+        if isinstance(e, OSError) and e.errno in _PLACE_ERRNOS and e.filename:
+            return (f"cannot write or read {e.filename}: {e.strerror}; check storage.root / --out "
+                    "and that the folder is writable")
+    return None
+
+
 def _user_error(err: BaseException) -> UserError | None:
     """The :class:`UserError` behind ``err`` (itself, or one a Ray task raised), or None."""
     cause = getattr(err, "cause", None)
@@ -112,7 +129,8 @@ def _user_error(err: BaseException) -> UserError | None:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``clipvg`` command; returns its exit status.
 
-    Bad input (:class:`~clipvg.errors.UserError`), an unreachable storage endpoint and Ctrl-C end
+    Bad input (:class:`~clipvg.errors.UserError`), an unreachable storage endpoint, a place the
+    file system refuses (a file where a folder belongs, a read-only disk) and Ctrl-C end
     with one line on stderr (exit 2, or 130 for an interruption); ``--debug`` or
     ``CLIPVG_DEBUG=1`` re-raises them with the full traceback. Any other exception is a bug and
     keeps its traceback.
@@ -142,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return InterruptedRun.exit_code
     except Exception as err:
         user = _user_error(err)
-        line = None if user is not None else connection_error_line(err)
+        line = None if user is not None else connection_error_line(err) or file_system_error_line(err)
         if debug or (user is None and line is None):
             raise
         if user is not None:

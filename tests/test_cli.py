@@ -228,3 +228,50 @@ def test_a_wrong_endpoint_is_one_line_naming_it_before_any_work(s3, name, capsys
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"clipvg {name}: ") and wrong in line, line
     assert not ray.is_initialized()
+
+
+# ------------------------------------------------------------------------------ places the file system refuses
+def test_a_file_where_the_output_folder_belongs_is_one_line(tmp_path, capsys, monkeypatch):
+    """``synth --out`` naming a path under a file (NotADirectoryError): one line naming it,
+    exit 2, the file untouched."""
+    monkeypatch.delenv("CLIPVG_DEBUG", raising=False)
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a folder")
+    assert cli.main(["synth", "--out", str(blocker / "world"), "--images", "2", "--val", "1", "--test", "1",
+                     "--no-progress"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("clipvg synth: ") and str(blocker) in line, line
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_read_only_disk_is_one_line_naming_the_file(command, capsys):
+    """As the OS reports a read-only mount (Errno 30; root ignores permission bits, so the
+    error is raised as storage._write_atomic receives it)."""
+    import errno
+
+    command.error = OSError(errno.EROFS, "Read-only file system", "/mnt/ro/runs/demo/config.yaml")
+    assert cli.main(["boom"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line == ("clipvg boom: cannot write or read /mnt/ro/runs/demo/config.yaml: Read-only file "
+                    "system; check storage.root / --out and that the folder is writable")
+    command.error = OSError(errno.EIO, "Input/output error", "/dev/sdz")  # not a place: a bug report
+    with pytest.raises(OSError):
+        cli.main(["boom"])
+
+
+def test_a_truncated_samples_table_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    """``validate`` on a dataset whose samples Parquet was cut short (ArrowInvalid inside
+    storage.read_table): one line naming the table, exit 2, nothing written."""
+    from listing import listing
+
+    monkeypatch.delenv("CLIPVG_DEBUG", raising=False)
+    out = tmp_path / "world"
+    assert cli.main(["synth", "--out", str(out), "--images", "2", "--val", "1", "--test", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    part = sorted((out / "samples").glob("*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    before = listing(out)
+    assert cli.main(["validate", str(out)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("clipvg validate: cannot read the Parquet table") and "samples" in line, line
+    assert listing(out) == before

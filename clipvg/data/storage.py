@@ -463,7 +463,9 @@ def read_table(
         files = [path]
     else:
         raise FileNotFoundError(f"no Parquet table at {uri}")
-    dataset = pads.dataset(files, filesystem=fs, format="parquet")
     cols = list(columns) if columns is not None else None
-    return dataset.to_table(columns=cols, filter=filter)
+    try:
+        return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=cols, filter=filter)
+    except pa.ArrowInvalid as e:  # a truncated or foreign file: not a bug, the table is bad
+        raise UserError(f"cannot read the Parquet table {uri}: {str(e).splitlines()[0]}") from None
 
