@@ -196,6 +196,10 @@ def prepare(checkpoint: str, data_uri: str, splits: list[str], out_uri: str, cfg
     model_dir, model = resolve_checkpoint(checkpoint, **options)
     if not isinstance(model.get("image_size"), int) or not isinstance(model.get("context_length"), int):
         raise UserError(f"--checkpoint {model_dir}: model_config.json lacks image_size / context_length")
+    # deferred: loads torch and open_clip (seconds); the checks above answer without them
+    from clipvg.distributed.inference import check_weights_fit
+
+    check_weights_fit(model_dir, **options)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, image_size=model["image_size"], context_length=model["context_length"]))
     rows = read_splits(data_uri, splits, **options)

@@ -333,3 +333,31 @@ def test_foreign_texts_follow_the_shuffler_chunk_by_chunk():
         assert j is not None and images[j] != images[i]
         assert j // 3 in (i // 3, i // 3 - 1)  # its own chunk or the previous one
     assert evaluate.foreign_texts(["a"] * 4, chunk=2) == [None] * 4
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line_before_ray(tmp_path, capsys, monkeypatch):
+    """A model folder whose model_config.json says 2 fusion layers while its weights hold 1:
+    one line naming the weights file, exit 2, checked on the driver before Ray starts (it used
+    to end in ~300 lines, a traceback from every actor of the pool). Planted: without the
+    driver-side check, init_ray is reached (and fails this test)."""
+    from clipvg.config import ModelConfig
+    from clipvg.distributed import evaluate_cli as cli_module
+    from clipvg.model import build_model, export_model
+
+    monkeypatch.delenv("CLIPVG_DEBUG", raising=False)
+    monkeypatch.setattr(cli_module, "init_ray", lambda *a, **k: pytest.fail("Ray started before the check"))
+    cfg = ModelConfig(arch={"embed_dim": 32, "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 32,
+                                                            "layers": 2, "head_width": 16},
+                            "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2,
+                                         "layers": 2}},
+                      image_size=64, context_length=24, taps=[0, 1])
+    folder = export_model(build_model(cfg), tmp_path / "model")
+    config = json.loads((folder / "model_config.json").read_text())
+    config["fusion"]["layers"] = 2
+    (folder / "model_config.json").write_text(json.dumps(config))
+    rc = main(["evaluate", "--checkpoint", str(folder), "--data", str(tmp_path / "nowhere"), "--splits", "val",
+               "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "model.safetensors does not fit" in err and str(folder) in err, err
+    assert not (tmp_path / "eval").exists()
