@@ -208,8 +208,13 @@ def _parse_box(raw: Any, fmt: str) -> dict:
 
 def _json_aux(aux_1: Any, aux_2: Any) -> str:
     # bytes are not JSON: kept readable (aux fields are never used for training)
-    return json.dumps([aux_1, aux_2],
-                      default=lambda b: b.decode("utf-8", "backslashreplace"))
+    try:
+        return json.dumps([aux_1, aux_2],
+                          default=lambda b: b.decode("utf-8", "backslashreplace"))
+    except RecursionError:  # a hostile or broken file: the entry is rejected, not the import
+        raise _Malformed("aux fields nested too deeply to store") from None
+    except (TypeError, ValueError, AttributeError) as e:  # other objects, circular references
+        raise _Malformed(f"aux fields cannot be stored as JSON ({type(e).__name__}: {e})"[:200]) from None
 
 
 def _text(v: Any) -> bytes:

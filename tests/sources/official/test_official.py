@@ -546,3 +546,18 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert main(["export-official", str(tmp_path / "o"), "--dataset", "unc", "--split", "val",
                  "--out", str(tmp_path / "x.pth")]) == 2
     assert "no Parquet" in capsys.readouterr().err
+
+
+def test_an_entry_whose_aux_nests_too_deep_is_rejected_not_a_crash():
+    """An aux field nested far deeper than JSON can be written (RecursionError in json.dumps,
+    which used to end the import with a traceback) rejects that entry, with a reason; the
+    other entries of the file are kept. Planted: without the guard the RecursionError escapes."""
+    deep: list = []
+    for _ in range(200_000):
+        deep = [deep]
+    good = ("a.jpg", "1.pth", [1.0, 2.0, 30.0, 40.0], "the red circle", "x")
+    bad = ("b.jpg", deep, [1.0, 2.0, 30.0, 40.0], "the blue square", "y")
+    sf = SplitFile(uri="/x/unc_train.pth", name="unc_train.pth", split="train", source="gt", id_prefix="unc/train")
+    rows, rejected = parse_entries([good, bad], "unc", sf)
+    assert [r["image_id"] for r in rows] == ["a.jpg"]
+    assert len(rejected) == 1 and "nested too deeply" in json.dumps(rejected[0])
