@@ -20,7 +20,7 @@ import sys
 from urllib.parse import urlsplit
 
 from clipvg import __version__
-from clipvg.errors import InterruptedRun, UserError
+from clipvg.errors import InterruptedRun, Terminated, UserError, sigterm_as_interrupt
 
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``clipvg`` command; returns its exit status.
 
     Bad input (:class:`~clipvg.errors.UserError`), an unreachable storage endpoint, a place the
-    file system refuses (a file where a folder belongs, a read-only disk) and Ctrl-C end
-    with one line on stderr (exit 2, or 130 for an interruption); ``--debug`` or
+    file system refuses (a file where a folder belongs, a read-only disk), Ctrl-C and SIGTERM
+    end with one line on stderr (exit 2; 130 for Ctrl-C, 143 for SIGTERM); ``--debug`` or
     ``CLIPVG_DEBUG=1`` re-raises them with the full traceback. Any other exception is a bug and
     keeps its traceback.
     """
@@ -152,10 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     # intermixed: dotted overrides (a positional list) may come before or after any flag
     args = sp.parse_intermixed_args(argv[1:])
     try:
-        return int(module.run(args) or 0)
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():  # a preemption keeps what Ctrl-C keeps
+            return int(module.run(args) or 0)
+    except KeyboardInterrupt as stop:
         if debug:
             raise
+        if isinstance(stop, Terminated):
+            print(f"clipvg {command}: terminated (SIGTERM)", file=sys.stderr)
+            return Terminated.exit_code
         print(f"clipvg {command}: interrupted", file=sys.stderr)
         return InterruptedRun.exit_code
     except Exception as err:

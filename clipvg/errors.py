@@ -8,6 +8,10 @@ user can act on without reading the code.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 
 class UserError(Exception):
     """Bad input: a missing or malformed file, an invalid value, a request that cannot fit.
@@ -19,6 +23,38 @@ class UserError(Exception):
 
 
 class InterruptedRun(UserError):
-    """The user stopped a run (Ctrl-C); the message says what was kept."""
+    """The user stopped a run (Ctrl-C), or the system did (SIGTERM: a preemption, a scale-down,
+    ``kill``); the message says what was kept. Exit 130 for SIGINT, 143 for SIGTERM, as a shell
+    reports a process those signals ended."""
 
     exit_code = 130
+
+    def __init__(self, message: str, *, terminated: bool = False):
+        super().__init__(message)
+        if terminated:
+            self.exit_code = Terminated.exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (:func:`sigterm_as_interrupt`), so
+    every "keep what is finished and say so" path serves both."""
+
+    exit_code = 143
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread (elsewhere:
+    unchanged; signal handlers belong to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -54,7 +55,7 @@ from clipvg.engine.control import fmt_acc, shuffled_text_table
 from clipvg.engine.loop import build_training, end_epoch, epoch_rate, under_policy
 from clipvg.engine.run_log import RunLog
 from clipvg.engine.steps import StepLosses, evaluate, limited, lr_factor, set_lr, train_step
-from clipvg.errors import InterruptedRun, UserError
+from clipvg.errors import InterruptedRun, Terminated, UserError
 from clipvg.model import count_parameters, export_model, load_model
 from clipvg.model.hub import ensure_pretrained
 from clipvg.progress import progress as progress_bar
@@ -186,31 +187,37 @@ def _py_tuple(state: list) -> tuple:
 
 @contextlib.contextmanager
 def held_interrupts():
-    """Run the block with Ctrl-C (SIGINT) held, then deliver it: a checkpoint being written when
-    the user presses Ctrl-C is finished first, so ``last/`` is always a whole checkpoint (the
-    previous one or the new one), never a folder without its ``state.json``. Signal handlers
-    can only be set in the main thread; elsewhere (a search trial's thread) the block runs as
-    is. An ignored SIGINT stays ignored."""
+    """Run the block with Ctrl-C (SIGINT) and SIGTERM held, then deliver them: a checkpoint
+    being written when the user presses Ctrl-C, or the node is preempted, is finished first, so
+    ``last/`` is always a whole checkpoint (the previous one or the new one), never a folder
+    without its ``state.json``. Signal handlers can only be set in the main thread; elsewhere
+    (a search trial's thread) the block runs as is. An ignored signal stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and previous is not signal.SIG_IGN:
-        if callable(previous):
-            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
-        raise KeyboardInterrupt
+        for sig in held:
+            signal.signal(sig, previous[sig])
+    for sig in held:  # deliver what came, as its own handler would have (SIGINT first)
+        if sig not in caught or previous[sig] is signal.SIG_IGN:
+            continue
+        if callable(previous[sig]):  # Python's SIGINT handler, sigterm_as_interrupt's: they raise
+            previous[sig](sig, None)
+        if sig == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), sig)  # the default action, now that it is back
 
 
-def _interrupted(run_dir: str, where: str, state: TrainState) -> str:
+def _interrupted(run_dir: str, where: str, state: TrainState, how: str = "interrupted") -> str:
     if state.epoch == 0:
-        return (f"interrupted {where}; kept: nothing to resume in {run_dir} (no epoch finished; "
+        return (f"{how} {where}; kept: nothing to resume in {run_dir} (no epoch finished; "
                 f"a rerun starts over)")
-    return (f"interrupted {where}; kept: {run_dir} last/ from epoch {state.epoch} "
+    return (f"{how} {where}; kept: {run_dir} last/ from epoch {state.epoch} "
             f"(resume with train.resume=true)")
 
 
@@ -320,10 +327,12 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
                      fmt_types(result.meter.group_accuracy()))
         where = "while testing the best model"
         history.test = _evaluate_best(cfg, data_uri, local, options)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         run_log.abandon()
         at = where or f"at epoch {epoch + 1} step {step_in_epoch}"
-        raise InterruptedRun(_interrupted(cfg.run_dir, at, saved)) from None
+        terminated = isinstance(stop, Terminated)
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
+        raise InterruptedRun(_interrupted(cfg.run_dir, at, saved, how), terminated=terminated) from None
     run_log.close()
     history.test_shuffled_text = shuffled_text_table(history.test)
     history.random_object_baseline = world_baselines(cfg.data)  # what a text-blind pick scores
