@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tiny_train import GOLDEN_RUN, TINY_TRAIN  # tests/tiny_train.py
+from tiny_train import GOLDEN_RUN, LEARNING_TRAIN, TINY_TRAIN  # tests/tiny_train.py
 
 # RAY_AUTH_MODE=token and the session's RAY_AUTH_TOKEN are set by tests/conftest.py, before
 # any test module imports Ray.
 
 
 @pytest.fixture(scope="session")
-def golden_run_with_node_loss(tiny_world, tmp_path_factory, short_tmp):
+def golden_run_with_node_loss(learning_world, tmp_path_factory, short_tmp):
     """The golden run of tests/golden/ (fixed seed, 3 epochs, 1 worker) on a cluster of its own
     (a head and two worker nodes on 127.0.0.1, in a subprocess: fault_run.py) whose worker's
     node is removed during epoch 2. Ray Train restarts the worker on the other node from
@@ -43,10 +43,20 @@ def golden_run_with_node_loss(tiny_world, tmp_path_factory, short_tmp):
     if os.environ.get("CLIPVG_UPDATE_GOLDEN"):
         env["CLIPVG_NO_NODE_LOSS"] = "1"
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fault_run.py")), str(out),
-                           str(tmp / "runs"), *GOLDEN_RUN, f"data.uri={tiny_world}", "train.max_failures=2"],
+                           str(tmp / "runs"), *GOLDEN_RUN, f"data.uri={learning_world}", "train.max_failures=2"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(out.read_text()), tmp / "runs" / "golden", proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def learning_world(tmp_path_factory):
+    """The world of the golden run (LEARNING_TRAIN: 112 px, 2-3 objects; data.uri=...)."""
+    from clipvg.config import load_config
+    from clipvg.engine.batching import ensure_dataset
+
+    root = tmp_path_factory.mktemp("learning-world")
+    return ensure_dataset(load_config(None, [*LEARNING_TRAIN, f"storage.root={root}"]))
 
 
 @pytest.fixture(scope="session")
@@ -82,10 +92,10 @@ cluster_pipeline = _load_helper("clipvg_tests_cluster_pipeline", "cluster_pipeli
 
 
 @pytest.fixture(scope="session")
-def pipeline_on_clusters(s3, tiny_world, short_tmp):
+def pipeline_on_clusters(s3, short_tmp):
     """The tiny pipeline: stopped on a static cluster, finished on an autoscaling one (see
     cluster_pipeline.py); shared by test_pipeline.py and test_cluster_rehearsal.py."""
-    return cluster_pipeline.run(short_tmp / "cl", s3, tiny_world)
+    return cluster_pipeline.run(short_tmp / "cl", s3)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ checkpoints, metrics and best model.
 
 import importlib.util
 import json
-import math
 import os
 import threading
 from pathlib import Path
@@ -34,15 +33,19 @@ def test_node_killed_in_epoch_2_resumes_from_checkpoint(golden_run_with_node_los
     records = read_metrics(str(run_dir))
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
     steps = [r for r in records if r["kind"] == "step"]
-    assert [r["step"] for r in steps] == list(range(1, 37)), "a step is missing or logged twice"
+    golden = json.loads(GOLDEN.read_text())
+    assert [r["step"] for r in steps] == list(range(1, len(golden["loss"]) + 1)), "a step is missing or logged twice"
     # Restarted from epoch 1's checkpoint with the same (seed, epoch) data, the run retraces
     # the uninterrupted golden run step by step (a restart from scratch, a lost optimizer
     # state or a different data order would not) and ends with its held-out accuracy.
-    golden = json.loads(GOLDEN.read_text())
     for step, (r, want) in enumerate(zip(steps, golden["loss"]), 1):
         assert r["loss"] == pytest.approx(want, rel=2e-3, abs=1e-4), f"step {step}"
+    # The golden run learnt (random-init towers end at 0.0: the former golden, which this
+    # check would now refuse), and the resumed run ends where it did: to two test samples, the
+    # room float reordering between machines leaves a prediction whose IoU sits near 0.5.
     got, want, n = run["test"]["test"]["acc"], golden["test_acc"], run["test"]["test"]["total"]
-    assert abs(got - want) <= 3 * math.sqrt(max(want * (1 - want), 0.05) / n)
+    assert want >= 0.15, f"the golden run did not learn (held-out Acc@0.5 {want})"
+    assert abs(got - want) <= 2 / n + 1e-9, f"held-out Acc@0.5 {got} vs the golden run's {want}"
 
 
 def _fault_run():

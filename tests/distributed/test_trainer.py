@@ -47,7 +47,7 @@ def test_loss_curve_matches_the_golden_curve(one_worker):
     CLIPVG_UPDATE_GOLDEN=1 after an intended numerics change, and say why in the commit).
 
     The tolerance allows for float reordering between machines (thread counts, SIMD width)
-    over 36 steps. A change of loss, schedule, optimizer, data order or augmentation changes
+    over 150 steps. A change of loss, schedule, optimizer, data order or augmentation changes
     the first steps' losses outright."""
     history, run_dir = one_worker
     losses = [r["loss"] for r in read_metrics(str(run_dir)) if r["kind"] == "step"]
@@ -62,7 +62,7 @@ def test_loss_curve_matches_the_golden_curve(one_worker):
         assert got == pytest.approx(want, rel=2e-3, abs=1e-4), f"step {step}: loss {got} vs golden {want}"
 
 
-def test_one_worker_writes_checkpoints_metrics_and_best_model(one_worker, tiny_world):
+def test_one_worker_writes_checkpoints_metrics_and_best_model(one_worker, learning_world):
     history, run_dir = one_worker
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
     assert history["world_size"] == 1
@@ -76,8 +76,8 @@ def test_one_worker_writes_checkpoints_metrics_and_best_model(one_worker, tiny_w
     assert state.data_position["epoch"] == 3
     model = load_model(run_dir / "best")  # an exported model folder
     assert sum(p.numel() for p in model.parameters()) > 0
-    assert history["test"]["test"]["total"] == split_size(tiny_world, "test")
-    assert all(e["val"]["total"] == split_size(tiny_world, "val") for e in history["epochs"])
+    assert history["test"]["test"]["total"] == split_size(learning_world, "test")
+    assert all(e["val"]["total"] == split_size(learning_world, "val") for e in history["epochs"])
     records = read_metrics(str(run_dir))
     epochs = [r for r in records if r["kind"] == "epoch"]
     steps = [r for r in records if r["kind"] == "step"]
