@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from clipvg.config import load_config
 from clipvg.engine.checkpoint import STATE_FILE, load_training_state
+from clipvg.engine.local import train_local
 from clipvg.engine.loop import build_training
 from tiny_train import TINY_TRAIN
 
@@ -110,18 +112,24 @@ def _last_epoch(run: Path) -> int:
     return load_training_state(run / "last", model, optimizer, schedule=cfg.train.schedule).epoch
 
 
+def _signal_in_epoch_2(tmp_path: Path, name: str, sig: int) -> tuple[int, str, str]:
+    """A 3-epoch run sent ``sig`` during the 2nd step of epoch 2 (steps 1-3 were epoch 1):
+    its exit status, its one line, and its stderr."""
+    proc, markers = _start(tmp_path, name, 0, "train.epochs=3")
+    _wait_for(proc, lambda: (markers / "step-5").exists())
+    proc.send_signal(sig)
+    rc, err = _finish(proc)
+    return rc, _interrupt_line(err), err
+
+
 def test_ctrl_c_mid_epoch_and_during_a_checkpoint_write_then_resume(tmp_path):
     """Planted defects that fail it: (1) ``held_interrupts`` removed from the local loop's
     checkpoint block (the second Ctrl-C leaves last/ with new weights and no state.json: not
     loadable, resume refused); (2) the CLI's KeyboardInterrupt/InterruptedRun handling removed
     (exit 1 with a traceback instead of 130 and one line)."""
     run = tmp_path / "sig"
-    # 1. mid-epoch: Ctrl-C during the 2nd step of epoch 2 (steps 1-3 were epoch 1)
-    proc, markers = _start(tmp_path, "a", 0, "train.epochs=3")
-    _wait_for(proc, lambda: (markers / "step-5").exists())
-    proc.send_signal(signal.SIGINT)
-    rc, err = _finish(proc)
-    line = _interrupt_line(err)
+    # 1. mid-epoch: Ctrl-C during the 2nd step of epoch 2
+    rc, line, err = _signal_in_epoch_2(tmp_path, "a", signal.SIGINT)
     assert rc == 130, err[-3000:]
     assert "at epoch 2 step" in line and "last/ from epoch 1" in line and "train.resume=true" in line, line
     assert _last_epoch(run) == 1 and not (run / "history.json").exists()
@@ -152,16 +160,8 @@ def test_sigterm_keeps_what_ctrl_c_keeps_and_the_resumed_run_is_the_uninterrupte
     Planted: without ``sigterm_as_interrupt`` in the CLI the process dies silently (rc -15,
     no line); without SIGTERM in ``held_interrupts`` a SIGTERM during a checkpoint write
     leaves a half-written last/."""
-    from safetensors.torch import load_file
-
-    from clipvg.engine.local import train_local
-
     run = tmp_path / "sig"
-    proc, markers = _start(tmp_path, "t", 0, "train.epochs=3")
-    _wait_for(proc, lambda: (markers / "step-5").exists())
-    proc.send_signal(signal.SIGTERM)
-    rc, err = _finish(proc)
-    line = _interrupt_line(err)
+    rc, line, err = _signal_in_epoch_2(tmp_path, "t", signal.SIGTERM)
     assert rc == 143, err[-3000:]
     assert "terminated (SIGTERM) at epoch 2 step" in line and "last/ from epoch 1" in line, line
     assert _last_epoch(run) == 1
