@@ -44,7 +44,7 @@ from pathlib import Path
 from clipvg.config import Config, ConfigError, check_launcher
 from clipvg.curriculum.selection import read_pool
 from clipvg.data import storage
-from clipvg.errors import InterruptedRun, UserError
+from clipvg.errors import InterruptedRun, Terminated, UserError
 
 log = logging.getLogger("clipvg.train")
 
@@ -277,25 +277,29 @@ def _interrupted(cfg: Config) -> str:
 
 
 def _fit(trainer):
-    """``trainer.fit()`` where Ctrl-C raises KeyboardInterrupt (after asking the controller to
-    abort): Ray Train's own handler would abort the run and return as if it had ended."""
+    """``trainer.fit()`` where Ctrl-C raises KeyboardInterrupt and SIGTERM (a preemption, a
+    scale-down) :class:`~clipvg.errors.Terminated`, each after asking the controller to abort:
+    Ray Train's own handler would abort the run and return as if it had ended."""
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in stops} if main else {}
 
     def register(controller) -> None:
-        def on_sigint(signum, frame):
+        def on_stop(signum, frame):
             with contextlib.suppress(Exception):
                 controller.abort.remote()
-            raise KeyboardInterrupt
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt
 
-        signal.signal(signal.SIGINT, on_sigint)
+        for sig in stops:
+            signal.signal(sig, on_stop)
 
     trainer._register_sigint_handler = register  # called by fit() in the main thread only
     try:
         return trainer.fit()
     finally:
-        if main and previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def train(cfg: Config, callbacks: list | None = None, *, overwrite: bool = False) -> dict:
@@ -318,8 +322,8 @@ def train(cfg: Config, callbacks: list | None = None, *, overwrite: bool = False
         print(f"{split}: {plan.num_samples} expressions on {plan.num_images} images")
     try:
         result = _fit(build_trainer(cfg, plans, callbacks))
-    except KeyboardInterrupt:
-        raise InterruptedRun(_interrupted(cfg)) from None
+    except KeyboardInterrupt as stop:
+        raise InterruptedRun(_interrupted(cfg), terminated=isinstance(stop, Terminated)) from None
     if result.error is not None:
         raise result.error
     return storage.read_json(storage.join(cfg.run_dir, "history.json"), **options)

@@ -15,7 +15,7 @@ from clipvg.config import load_config
 from clipvg.data import storage
 from clipvg.distributed import pipeline as pipeline_mod
 from clipvg.distributed import trainer
-from clipvg.errors import UserError
+from clipvg.errors import InterruptedRun, Terminated, UserError
 from interrupts import interrupted
 from storage_trap import keys, mangled_paths, trap
 from tiny_train import TINY_TRAIN
@@ -198,3 +198,12 @@ def test_pipeline_refuses_to_replace_stages_finished_with_other_settings(tmp_pat
     assert message == (f"interrupted in stage pseudo:template; kept: 1 finished stage(s) in "
                                f"{tmp_path}/r (world) (rerun the same command to continue after them)")
     assert manifest.read_text() != before  # --overwrite: the world stage ran again
+
+    def preempted(self, source):
+        raise Terminated()  # SIGTERM under the clipvg CLI (errors.sigterm_as_interrupt)
+
+    monkeypatch.setattr(pipeline_mod.Pipeline, "_pseudo", preempted)
+    with pytest.raises(InterruptedRun) as stopped:
+        pipeline_mod.Pipeline(tiny(tmp_path, *PIPE, "data.seed=1")).run()
+    assert str(stopped.value).startswith("terminated (SIGTERM) in stage pseudo:template; kept: 1 finished")
+    assert stopped.value.exit_code == 143
