@@ -326,4 +326,22 @@ def train(cfg: Config, callbacks: list | None = None, *, overwrite: bool = False
         raise InterruptedRun(_interrupted(cfg), terminated=isinstance(stop, Terminated)) from None
     if result.error is not None:
         raise result.error
-    return storage.read_json(storage.join(cfg.run_dir, "history.json"), **options)
+    history = storage.read_json(storage.join(cfg.run_dir, "history.json"), **options)
+    prune_checkpoints(cfg.run_dir, history["best_epoch"], **options)
+    return history
+
+
+def prune_checkpoints(run_dir: str, best_epoch: int, **options) -> list[str]:
+    """Remove a finished run's complete checkpoints other than the best epoch's and the latest;
+    returns their names. Ray Train prunes the checkpoints its manager registered, but the
+    manager that a lost node restarts never saw the ones written before the loss (seen: the
+    node-loss test's checkpoint_epoch0001 stayed behind once a later epoch was the best)."""
+    # deferred: loads Ray; paid only when this runs, not on import
+    from clipvg.distributed.worker import CHECKPOINT_PREFIX, complete_checkpoints
+
+    done = complete_checkpoints(run_dir, **options)
+    keep = {f"{CHECKPOINT_PREFIX}{best_epoch:04d}", *done[-1:]}
+    extra = [name for name in done if name not in keep]
+    for name in extra:
+        storage.remove_tree(storage.join(run_dir, name), **options)
+    return extra

@@ -69,6 +69,18 @@ def test_train_with_a_wrong_endpoint_fails_at_once_naming_it(s3, tmp_path, monke
     assert t.connections == 0 and os.listdir(tmp_path) == []
 
 
+def test_a_finished_run_keeps_only_its_best_and_latest_checkpoints(tmp_path):
+    """What Ray Train's manager could not prune - checkpoints written before a lost node
+    restarted it - goes once the run has finished; an unfinished upload is not touched."""
+    run_dir = str(tmp_path / "r")
+    for epoch in (1, 2, 3, 4):
+        storage.write_bytes(b"", f"{run_dir}/checkpoint_epoch{epoch:04d}/COMPLETE")
+    os.makedirs(f"{run_dir}/checkpoint_epoch0005")  # not complete
+    assert trainer.prune_checkpoints(run_dir, best_epoch=2) == ["checkpoint_epoch0001", "checkpoint_epoch0003"]
+    assert sorted(os.listdir(run_dir)) == ["checkpoint_epoch0002", "checkpoint_epoch0004", "checkpoint_epoch0005"]
+    assert trainer.prune_checkpoints(run_dir, best_epoch=4) == ["checkpoint_epoch0002"]
+
+
 def test_ctrl_c_names_the_checkpoint_that_was_kept(tmp_path):
     cfg = trainer.absolute_root(tiny(tmp_path, "train.epochs=3"))
     for epoch in (1, 2):
