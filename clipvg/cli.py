@@ -20,7 +20,7 @@ import sys
 from urllib.parse import urlsplit
 
 from clipvg import __version__
-from clipvg.errors import InterruptedRun, Terminated, UserError, sigterm_as_interrupt
+from clipvg.errors import InterruptedRun, Terminated, UserError, how_stopped, sigterm_as_interrupt
 
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -157,11 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         if debug:
             raise
-        if isinstance(stop, Terminated):
-            print(f"clipvg {command}: terminated (SIGTERM)", file=sys.stderr)
-            return Terminated.exit_code
-        print(f"clipvg {command}: interrupted", file=sys.stderr)
-        return InterruptedRun.exit_code
+        print(f"clipvg {command}: {how_stopped(stop)}", file=sys.stderr)
+        return Terminated.exit_code if isinstance(stop, Terminated) else InterruptedRun.exit_code
     except Exception as err:
         user = _user_error(err)
         line = None if user is not None else connection_error_line(err) or file_system_error_line(err)

@@ -35,6 +35,11 @@ class InterruptedRun(UserError):
             self.exit_code = Terminated.exit_code
 
 
+def how_stopped(stop: BaseException) -> str:
+    """The words for a stop in the one line a command prints: SIGTERM or Ctrl-C."""
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (:func:`sigterm_as_interrupt`), so
     every "keep what is finished and say so" path serves both."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from clipvg.data.text import EmptyTextError, TextTooLongError, bpe_ids, prepare_
 from clipvg.data.transforms import canvas_to_image_box, eval_transform
 from clipvg.errors import UserError
 from clipvg.model import load_model
+from clipvg.model.io import load_model_at
 
 
 @dataclass(frozen=True)
@@ -117,23 +117,22 @@ def read_image(image: str, **storage_options) -> Image.Image:
     return loaded
 
 
-def fetch_checkpoint(checkpoint: str, into: str, **storage_options) -> str:
-    """A local model folder for ``checkpoint``: itself when local, else the model folder (the
-    URI or its ``best/``) copied into ``into``."""
+def load_checkpoint(checkpoint: str, **storage_options):
+    """The model of ``checkpoint``: a model folder or a run folder (its ``best/``), local or on
+    storage."""
     if not storage.is_uri(checkpoint):
         folder = Path(checkpoint)
         if not folder.is_dir():
             raise UserError(f"checkpoint folder {checkpoint} does not exist")
         if not (folder / "model_config.json").exists() and (folder / "best").is_dir():
             folder = folder / "best"  # a run folder
-        return str(folder)
+        return load_model(folder)
     # deferred: loads pyarrow; paid only for a checkpoint on storage
     from clipvg.distributed.evaluate import resolve_checkpoint
 
     storage.check_access(checkpoint, **storage_options)
     folder, _ = resolve_checkpoint(checkpoint, **storage_options)
-    storage.download_folder(folder, into, **storage_options)
-    return into
+    return load_model_at(folder, **storage_options)
 
 
 def run(args) -> int:
@@ -143,15 +142,10 @@ def run(args) -> int:
         check_out_path(args.out, args.overwrite)
     options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
     image = read_image(args.image, **options)
-    with tempfile.TemporaryDirectory(prefix="clipvg-predict-") as tmp:
-        return _predict_and_report(args, image, fetch_checkpoint(args.checkpoint, tmp, **options))
-
-
-def _predict_and_report(args, image: Image.Image, checkpoint: str) -> int:
+    model = load_checkpoint(args.checkpoint, **options)
     # deferred: loads matplotlib; paid only when this runs, not on import
     from clipvg.viz import draw_boxes
 
-    model = load_model(checkpoint)
     result = predict(model, model.config, image, args.text)
     box = result.box
     if result.dropped_tokens:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -39,8 +38,7 @@ from clipvg.config import Config, ScoringConfig
 from clipvg.data import storage
 from clipvg.data.fanout import FanOutSpec
 from clipvg.engine.reliability import SCORE_ROWS, ReliabilityScorer
-from clipvg.errors import UserError
-from clipvg.model.io import CONFIG_FILE, load_model
+from clipvg.model.io import CONFIG_FILE, load_model_at
 
 
 class ExactlyOnceError(RuntimeError):
@@ -61,19 +59,11 @@ def read_model_config(model_dir: str, **storage_options: Any) -> dict:
 
 
 def check_weights_fit(model_dir: str, **storage_options: Any) -> None:
-    """Load the model folder once on the driver (a copy, when it is on storage), so weights
-    that do not fit ``model_config.json`` - or a truncated or foreign weights file - end in one
+    """Load the model folder once on the driver, so weights that do not fit
+    ``model_config.json`` - or a truncated or foreign weights file - end in one
     :class:`~clipvg.model.io.ConversionError` naming the file before Ray starts, instead of a
     traceback from every actor of the pool."""
-    if not storage.is_uri(model_dir):
-        load_model(storage.local_path(model_dir) or model_dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="clipvg-check-") as tmp:
-        storage.download_folder(model_dir, tmp, **storage_options)
-        try:
-            load_model(tmp)
-        except UserError as e:  # name the folder on storage, not the temporary copy
-            raise type(e)(str(e).replace(tmp, model_dir)) from None
+    load_model_at(model_dir, **storage_options)
 
 
 def check_model(model_dir: str, spec: FanOutSpec, **storage_options: Any) -> dict:

@@ -54,7 +54,7 @@ from clipvg.data.schema import SAMPLES, validate_table
 from clipvg.distributed.local_ray import init_ray
 from clipvg.distributed.pseudo_stage import generate_source
 from clipvg.distributed.tuning import SequentialEvaluator, TuneEvaluator, search_orders
-from clipvg.errors import InterruptedRun, Terminated, UserError
+from clipvg.errors import InterruptedRun, Terminated, UserError, how_stopped
 
 log = logging.getLogger("clipvg.pipeline")
 
@@ -182,10 +182,9 @@ class Pipeline:
             kept = [*self.skipped, *self.ran]
             what = (f"{len(kept)} finished stage(s) in {self.run_dir} ({', '.join(kept)})" if kept
                     else f"no finished stage in {self.run_dir}")
-            terminated = isinstance(stop, Terminated)
-            how = "terminated (SIGTERM)" if terminated else "interrupted"
-            raise InterruptedRun(f"{how} in stage {self.current}; kept: {what} (rerun the "
-                                 f"same command to continue after them)", terminated=terminated) from None
+            raise InterruptedRun(f"{how_stopped(stop)} in stage {self.current}; kept: {what} (rerun the "
+                                 f"same command to continue after them)",
+                                 terminated=isinstance(stop, Terminated)) from None
 
     def planned_keys(self) -> dict[str, str]:
         """Every stage's key for this config, computed without running anything."""

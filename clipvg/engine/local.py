@@ -55,7 +55,7 @@ from clipvg.engine.control import fmt_acc, shuffled_text_table
 from clipvg.engine.loop import build_training, end_epoch, epoch_rate, under_policy
 from clipvg.engine.run_log import RunLog
 from clipvg.engine.steps import StepLosses, evaluate, limited, lr_factor, set_lr, train_step
-from clipvg.errors import InterruptedRun, Terminated, UserError
+from clipvg.errors import InterruptedRun, Terminated, UserError, how_stopped
 from clipvg.model import count_parameters, export_model, load_model
 from clipvg.model.hub import ensure_pretrained
 from clipvg.progress import progress as progress_bar
@@ -201,8 +201,8 @@ def held_interrupts():
     try:
         yield
     finally:
-        for sig in held:
-            signal.signal(sig, previous[sig])
+        for sig in held:  # None: a handler not set from Python; the default action stands in
+            signal.signal(sig, signal.SIG_DFL if previous[sig] is None else previous[sig])
     for sig in held:  # deliver what came, as its own handler would have (SIGINT first)
         if sig not in caught or previous[sig] is signal.SIG_IGN:
             continue
@@ -330,9 +330,8 @@ def _train(cfg: Config, folder: RunFolder, resume: bool, progress: bool, options
     except KeyboardInterrupt as stop:
         run_log.abandon()
         at = where or f"at epoch {epoch + 1} step {step_in_epoch}"
-        terminated = isinstance(stop, Terminated)
-        how = "terminated (SIGTERM)" if terminated else "interrupted"
-        raise InterruptedRun(_interrupted(cfg.run_dir, at, saved, how), terminated=terminated) from None
+        raise InterruptedRun(_interrupted(cfg.run_dir, at, saved, how_stopped(stop)),
+                             terminated=isinstance(stop, Terminated)) from None
     run_log.close()
     history.test_shuffled_text = shuffled_text_table(history.test)
     history.random_object_baseline = world_baselines(cfg.data)  # what a text-blind pick scores

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,22 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
                               f"({_first_line(e)})") from None
     except OSError as e:
         raise ConversionError(f"cannot read {path}: {e}") from None
+
+
+def load_model_at(model_dir: str, **storage_options: Any) -> CLIPVG:
+    """:func:`load_model` of a model folder that is local or on storage (read from a temporary
+    copy); a folder that does not load is a ConversionError naming ``model_dir``."""
+    # deferred: fsspec and pyarrow (storage); reading a local folder needs neither
+    from clipvg.data import storage
+
+    if not storage.is_uri(model_dir):
+        return load_model(storage.local_path(model_dir) or model_dir)
+    with tempfile.TemporaryDirectory(prefix="clipvg-model-") as tmp:
+        storage.download_folder(model_dir, tmp, **storage_options)
+        try:
+            return load_model(tmp)
+        except ConversionError as e:  # name the folder on storage, not the temporary copy
+            raise ConversionError(str(e).replace(tmp, model_dir)) from None
 
 
 def load_model(folder: str | Path) -> CLIPVG:
