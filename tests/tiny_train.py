@@ -20,10 +20,11 @@ TINY_TRAIN = [
 # A small run that learns, for the goldens that must decide something (the pipeline's threshold
 # choices, the node-loss run's held-out accuracy): the demo's committed towers and
 # text-conditioning options (configs/demo.yaml) on a 112-px world of 2-3 objects. From these
-# towers localisation starts after ~60 updates of 16 (measured with train-local: val Acc@0.5 0,
-# 0, 0.09, 0.29, 0.38, 0.45 after each 20 updates); random-init towers of TINY_TRAIN's size
-# stay at 0 however long a test can afford. 2-3 objects: every image has a distractor (the
-# relation source needs two objects) while the random-object baseline (~0.45) leaves room.
+# towers localisation starts after ~60 updates of 16 (measured with train-local on 1-2 objects:
+# val Acc@0.5 0, 0, 0.09, 0.29, 0.38, 0.45 after each 20 updates; on these 2-3 objects, 147
+# updates: val 0.03, 0.14, 0.16); random-init towers of TINY_TRAIN's size stayed at 0 in the
+# runs measured. 2-3 objects: every image has a distractor (the relation source needs two
+# objects) while the random-object baseline (0.44 on the test split) leaves room.
 LEARNING_TRAIN = [
     "data.synth.image_size=112", "data.synth.min_objects=2", "data.synth.max_objects=3",
     "data.synth.train_images=200", "data.synth.val_images=60", "data.synth.test_images=20",
@@ -41,7 +42,7 @@ LEARNING_TRAIN = [
 
 # The fixed-seed run whose per-step loss and held-out accuracy are committed under tests/golden/
 # (tests/distributed/test_trainer.py compares a fresh run; the fault-tolerance test compares a
-# run that lost its node): 3 epochs of 50 updates (796 samples) on the ``learning_world`` fixture's world, so
+# run that lost its node): 3 epochs of 49 updates (796 samples, batch 16) on the ``learning_world`` fixture's world, so
 # its held-out accuracy is a run that learnt (measured with train-local: val 0.03, 0.14, 0.16,
 # test 0.31), not the 0.0 of random-init tiny towers.
 GOLDEN = Path(__file__).parent / "golden" / "train_loss_tiny.json"
